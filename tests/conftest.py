@@ -1,0 +1,29 @@
+import gzip
+import shutil
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _unpack_tokenizer(src: Path, dst: Path, vocab_gz: Path) -> Path:
+    dst.mkdir(parents=True)
+    for file in src.iterdir():
+        if file.is_file() and file.suffix != ".gz" and file.name != "README.md":
+            shutil.copy(file, dst / file.name)
+    for gz, name in ((vocab_gz, "vocab.json"), (src / "merges.txt.gz", "merges.txt")):
+        (dst / name).write_bytes(gzip.decompress(gz.read_bytes()))
+    return dst
+
+
+@pytest.fixture(scope="session")
+def qwen3_tokenizer_dirs(tmp_path_factory) -> dict[str, Path]:
+    """The real Qwen3 tokenizer folders: {"Qwen3-0.6B": path, "Qwen3-4B-Instruct-2507": path}."""
+    root = tmp_path_factory.mktemp("qwen3_tokenizer")
+    src = FIXTURES / "qwen3_tokenizer"
+    vocab = src / "vocab.json.gz"
+    return {
+        "Qwen3-0.6B": _unpack_tokenizer(src, root / "Qwen3-0.6B", vocab),
+        "Qwen3-4B-Instruct-2507": _unpack_tokenizer(src / "Qwen3-4B-Instruct-2507", root / "2507", vocab),
+    }
