@@ -1,0 +1,22 @@
+"""The CPU preset: a tiny Qwen3-architecture model that runs the whole pipeline on a laptop-class CPU.
+
+Same code path as the paper recipe (Qwen3-4B-Instruct-2507 on 4 GPUs); only the size differs. The preset's
+tokenizer is a small byte-level BPE trained by ``agenticrec.tokenizer.train_bpe_tokenizer`` with Qwen3's control
+tokens, so the chat and tool-call format is Qwen3's, token for token.
+"""
+
+from __future__ import annotations
+
+from agenticrec.model import Qwen3Config
+
+# 2 layers, d=128: ~0.8M parameters besides the embeddings; a GRPO step of 8 prompts x 8 samples takes well under
+# a second on 2 cores (../shared/cpu-preset-notes.md measured 0.2 s for a model of this size).
+PRESET_MODEL = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, head_dim=32, rope_theta=10_000.0, tie_word_embeddings=True,
+                    max_position_embeddings=4096)
+
+
+def preset_config(tokenizer) -> Qwen3Config:
+    """The preset model sized to a tokenizer's vocabulary, with its EOS / pad ids."""
+    return Qwen3Config(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id, **PRESET_MODEL)
