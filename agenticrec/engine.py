@@ -1,0 +1,294 @@
+"""KV-cached batched generation over token ids (knows nothing about recommendation).
+
+The picture (docs/engine.md has the long version):
+
+    rows ──prefill──> KVCache [B, H_kv, S, D] per layer, slot j of a row = the token at position j
+      │
+      └─ loop: sample one token per active row from its next-token logits
+               ├─ no stop yet ............. feed that token (decode step)
+               ├─ stopped (EOS / stop sequence / per-turn budget)
+               │     on_turn_end(row) -> forced ids ... feed token + forced ids (a tool response), new turn
+               │                      -> None ......... row finished
+               └─ context limit reached ............. row finished, reason "context"
+               finished rows are compacted out of the cache, so they cost nothing afterwards
+
+Every row carries its ids, a loss mask (1 = sampled by the policy, 0 = prompt or forced) and the log-prob of each
+sampled token under the sampling temperature, built as the tokens are produced — never inferred from ids later.
+The G rollouts of one prompt share its prefill: the prompt is encoded once and its cache rows copied G times.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from agenticrec.model import Qwen3
+
+PREFILL_TOKEN_BUDGET = 4096  # padded tokens per prefill forward: bounds activation memory and padding waste
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How each turn is decoded and when it stops."""
+
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0  # 0 = no top-k filter
+    top_p: float = 1.0  # 1 = no nucleus filter
+    max_new_tokens: int = 256  # per turn
+    stop_token_ids: tuple[int, ...] = ()  # e.g. <|im_end|>: the turn stops after sampling one
+    stop_sequences: tuple[tuple[int, ...], ...] = ()  # e.g. the ids of </tool_call>: stop after the last one
+
+    def __post_init__(self):
+        if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1 or self.max_new_tokens < 1:
+            raise ValueError(f"invalid sampling parameters: {self}")
+
+
+@dataclass
+class Row:
+    """One sequence being generated: nanochat's per-row state, plus the turn bookkeeping the agent needs."""
+
+    ids: list[int]
+    mask: list[int]  # 1 = sampled by the policy (trained on), 0 = prompt / forced tokens (never trained on)
+    logprobs: list[float]  # log pi(token) at the sampling temperature for sampled tokens, 0.0 for the rest
+    prompt_len: int
+    turn_start: int  # index in ids where the current turn's sampled tokens begin
+    stop_reason: str | None = None  # why the last turn ended: "stop_token" | "stop_sequence" | "max_new_tokens"
+    finish_reason: str | None = None  # None while running; "done" (on_turn_end said so) | "context"
+    turns: int = 0
+
+    @property
+    def turn_ids(self) -> list[int]:
+        return self.ids[self.turn_start:]
+
+    @property
+    def new_ids(self) -> list[int]:
+        return self.ids[self.prompt_len:]
+
+
+# on_turn_end(row_index, row) -> ids to force before the next turn, or None to finish the row
+TurnHandler = Callable[[int, Row], "list[int] | None"]
+
+
+class KVCache:
+    """Preallocated keys and values, [B, H_kv, S, D] per layer. Slot j of a row holds position j.
+
+    ``rows`` selects which cache rows the next forward reads and writes (None = all, in order, without copies);
+    the engine sets it before each forward. Capacity S grows by doubling up to ``max_len`` (plus room for
+    padding), so a long context limit does not cost memory until rows actually get long.
+    """
+
+    def __init__(self, model: Qwen3, batch: int, max_len: int, initial_len: int = 256):
+        cfg, p = model.config, next(model.parameters())
+        self.max_len = max_len
+        shape = (batch, cfg.num_key_value_heads, min(initial_len, max_len), cfg.head_dim)
+        self.k = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in range(cfg.num_hidden_layers)]
+        self.v = [torch.zeros_like(k) for k in self.k]
+        self.rows: torch.Tensor | None = None
+
+    @property
+    def capacity(self) -> int:
+        return self.k[0].shape[2]
+
+    def ensure_capacity(self, needed: int) -> None:
+        if needed <= self.capacity:
+            return
+        new_len = max(needed, min(2 * self.capacity, self.max_len))
+        grow = lambda t: F.pad(t, (0, 0, 0, new_len - t.shape[2]))  # noqa: E731  (pad the slot dim)
+        self.k, self.v = [grow(t) for t in self.k], [grow(t) for t in self.v]
+
+    def keep(self, index: torch.Tensor) -> None:
+        """Reorder / drop / repeat rows: row i of the new cache is row index[i] of the old one."""
+        self.k = [t.index_select(0, index) for t in self.k]
+        self.v = [t.index_select(0, index) for t in self.v]
+
+    def update(self, layer_idx: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        k_buf, v_buf = self.k[layer_idx], self.v[layer_idx]
+        rows = self.rows if self.rows is not None else torch.arange(k.shape[0], device=k.device)
+        k_buf[rows[:, None], :, positions] = k.transpose(1, 2)  # [R, T, H_kv, D] into slots positions[r, t]
+        v_buf[rows[:, None], :, positions] = v.transpose(1, 2)
+        if self.rows is None:
+            return k_buf[:, :, :kv_len], v_buf[:, :, :kv_len]  # views: no copy on the decode path
+        return k_buf[rows, :, :kv_len], v_buf[rows, :, :kv_len]
+
+
+def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None):
+    """tokens [B], logprobs [B] from next-token logits [B, V].
+
+    The log-prob is log_softmax(logits / T) of the chosen token (T = 1 when greedy): the full tempered
+    distribution, which is what the trainer recomputes. top-k / top-p only restrict which tokens can be drawn.
+    """
+    logits = logits.float()
+    if params.temperature == 0:
+        tokens = logits.argmax(dim=-1)
+        return tokens, logits.log_softmax(-1).gather(-1, tokens[:, None])[:, 0]
+    scaled = logits / params.temperature
+    logprobs = scaled.log_softmax(-1)
+    filtered = filter_top_k_top_p(scaled, params.top_k, params.top_p)
+    tokens = torch.multinomial(filtered.softmax(-1), 1, generator=generator)[:, 0]
+    return tokens, logprobs.gather(-1, tokens[:, None])[:, 0]
+
+
+def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Set to -inf every logit outside the top-k and outside the smallest set whose probability reaches top_p."""
+    if top_k and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = cumulative - sorted_logits.softmax(-1) >= top_p  # keep a token if the mass before it < p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+class Engine:
+    """Batched multi-turn generation with a KV cache. ``max_len``: the context limit of every row (prompt and
+    all turns and forced tokens together); a row that reaches it finishes with reason "context"."""
+
+    def __init__(self, model: Qwen3, max_len: int):
+        self.model, self.max_len = model, max_len
+        self.device = next(model.parameters()).device
+
+    @torch.no_grad()
+    def run(self, prompts: Sequence[Sequence[int]], params: SamplingParams, on_turn_end: TurnHandler | None = None,
+            group_size: int = 1, seed: int | None = None) -> list[Row]:
+        """Generate for ``prompts`` x ``group_size`` rows (row p * group_size + g is sample g of prompt p).
+
+        Without ``on_turn_end`` every row finishes at its first stop (plain generation).
+        """
+        too_long = [i for i, p in enumerate(prompts) if not 0 < len(p) < self.max_len]
+        if too_long:
+            raise ValueError(f"prompt(s) {too_long[:5]} are empty or do not fit max_len={self.max_len} "
+                             f"(lengths {[len(prompts[i]) for i in too_long[:5]]})")
+        generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+        rows = [Row(list(p), [0] * len(p), [0.0] * len(p), len(p), len(p)) for p in prompts for _ in range(group_size)]
+        logits = self.prefill(prompts, reserve=params.max_new_tokens)
+        if group_size > 1:  # prefix sharing: one prefill, G copies of its cache and next-token logits
+            shared = torch.arange(len(prompts), device=self.device).repeat_interleave(group_size)
+            self.keep(shared)
+            logits = logits.index_select(0, shared)
+        active = list(range(len(rows)))  # active[i] = index in rows of cache row i
+        while active:
+            tokens, logprobs = sample(logits, params, generator)
+            pending = [self._advance(rows, r, t, lp, params, on_turn_end)
+                       for r, t, lp in zip(active, tokens.tolist(), logprobs.tolist())]
+            keep = [i for i, chunk in enumerate(pending) if chunk]
+            if len(keep) < len(active):  # compact: finished rows stop costing compute
+                active, pending = [active[i] for i in keep], [pending[i] for i in keep]
+                self.keep(torch.tensor(keep, dtype=torch.long, device=self.device))
+            if active:
+                logits = self.feed(pending)
+        return rows
+
+    def _advance(self, rows: list[Row], r: int, token: int, logprob: float, params: SamplingParams,
+                 on_turn_end: TurnHandler | None) -> list[int]:
+        """Append one sampled token to row r and decide what the row feeds next ([] = finished)."""
+        row = rows[r]
+        row.ids.append(token)
+        row.mask.append(1)
+        row.logprobs.append(logprob)
+        row.stop_reason = self._stop_reason(row, params)
+        if row.stop_reason is None:
+            if len(row.ids) >= self.max_len:
+                row.finish_reason = "context"
+                return []
+            return [token]
+        row.turns += 1
+        forced = on_turn_end(r, row) if on_turn_end is not None else None
+        if forced is None:
+            row.finish_reason = "done"
+            return []
+        if len(row.ids) + len(forced) >= self.max_len:  # no room to append the forced ids and sample after them
+            row.finish_reason = "context"
+            return []
+        row.ids.extend(forced)
+        row.mask.extend([0] * len(forced))
+        row.logprobs.extend([0.0] * len(forced))
+        row.turn_start = len(row.ids)
+        return [token, *forced]
+
+    @staticmethod
+    def _stop_reason(row: Row, params: SamplingParams) -> str | None:
+        turn = row.turn_ids
+        if turn[-1] in params.stop_token_ids:
+            return "stop_token"
+        if any(len(turn) >= len(s) and tuple(turn[-len(s):]) == s for s in params.stop_sequences):
+            return "stop_sequence"
+        if len(turn) >= params.max_new_tokens:
+            return "max_new_tokens"
+        return None
+
+    # The three cache operations below are public so tests can check cached logits against recomputation.
+
+    def keep(self, index: torch.Tensor) -> None:
+        """Cache row i becomes old row index[i] (drop finished rows, or repeat rows for prefix sharing)."""
+        self.cache.keep(index)
+        self.lens = self.lens.index_select(0, index)
+
+    def prefill(self, prompts: Sequence[Sequence[int]], reserve: int = 0) -> torch.Tensor:
+        """Start a fresh cache with one row per prompt; return the next-token logits [P, V] after each prompt.
+
+        Prompts are encoded in length-sorted groups of at most PREFILL_TOKEN_BUDGET padded tokens, so short prompts
+        are not padded to the longest one. ``reserve``: slots to preallocate beyond the longest prompt.
+        """
+        self.cache = KVCache(self.model, len(prompts), self.max_len,
+                             initial_len=max(len(p) for p in prompts) + reserve)
+        self.lens = torch.zeros(len(prompts), dtype=torch.long, device=self.device)  # tokens cached per row
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        logits: list[torch.Tensor | None] = [None] * len(prompts)
+        start = 0
+        while start < len(order):
+            end = start + 1
+            while end < len(order) and (end + 1 - start) * len(prompts[order[end]]) <= PREFILL_TOKEN_BUDGET:
+                end += 1
+            group = order[start:end]
+            out = self._forward(torch.tensor(group, device=self.device), [list(prompts[i]) for i in group])
+            for i, row_logits in zip(group, out):
+                logits[i] = row_logits
+            start = end
+        return torch.stack(logits)
+
+    def feed(self, pending: list[list[int]]) -> torch.Tensor:
+        """Feed each cache row its pending ids (>= 1 each); return next-token logits [A, V]. Rows that only feed their last
+        sampled token share one decode forward; rows that also feed forced ids go through a second forward."""
+        chunk = [i for i, ids in enumerate(pending) if len(ids) > 1]
+        if not chunk:
+            return self._forward(None, pending)
+        single = [i for i, ids in enumerate(pending) if len(ids) == 1]
+        logits = torch.empty(len(pending), self.model.config.vocab_size, device=self.device)
+        for group in (chunk, single):
+            if group:
+                index = torch.tensor(group, device=self.device)
+                logits[index] = self._forward(index, [pending[i] for i in group]).float()
+        return logits
+
+    def _forward(self, rows: torch.Tensor | None, chunks: list[list[int]]) -> torch.Tensor:
+        """One model forward over cache rows ``rows`` (None = all), each appending its chunk of ids (ragged,
+        right-padded). Returns the logits after each chunk's last real token, [R, V]."""
+        lengths = torch.tensor([len(c) for c in chunks], device=self.device)
+        width = int(lengths.max())
+        ids = torch.tensor([c + [0] * (width - len(c)) for c in chunks], device=self.device)
+        starts = self.lens if rows is None else self.lens[rows]
+        positions = starts[:, None] + torch.arange(width, device=self.device)  # [R, width]
+        self.cache.ensure_capacity(int(positions.max()) + 1)
+        self.cache.rows = rows
+        hidden = self.model.hidden_states(ids, positions, self.cache)  # [R, width, C]
+        last = hidden[torch.arange(len(chunks), device=self.device), lengths - 1]  # [R, C]
+        if rows is None:
+            self.lens += lengths
+        else:
+            self.lens[rows] += lengths
+        return self.model.lm_head(last)
+
+
+def generate(model: Qwen3, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0, top_k: int = 0,
+             top_p: float = 1.0, stop_token_ids: Sequence[int] = (), seed: int | None = None) -> list[list[int]]:
+    """The new tokens of each prompt (the stopping token included): one turn, no tools."""
+    params = SamplingParams(temperature, top_k, top_p, max_new_tokens, tuple(stop_token_ids))
+    engine = Engine(model, max_len=max(len(p) for p in prompts) + max_new_tokens + 1)
+    return [row.new_ids for row in engine.run(prompts, params, seed=seed)]
