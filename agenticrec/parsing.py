@@ -104,10 +104,9 @@ def parse_turn(text: str, tool_names: Collection[str], answer_format: RankingFor
 
 
 def _parse_turn(text: str, tool_names: Collection[str], answer_format) -> Action:
-    text = strip_end_markers(text)
-    if THINK in text and END_THINK not in text:
+    action = _after_reasoning(strip_end_markers(text))
+    if action is None:
         return Invalid(Reason.UNCLOSED_THINK)
-    action = text.split(END_THINK, 1)[-1]  # tags inside the reasoning are not actions
     call_at, answer_at = action.find(TOOL_CALL), action.find(ANSWER)
     if call_at < 0 and answer_at < 0:
         return Invalid(Reason.NO_ACTION)
@@ -125,6 +124,21 @@ def _parse_turn(text: str, tool_names: Collection[str], answer_format) -> Action
                                 text_reason=Reason.TEXT_AFTER_ANSWER)
     parse_answer = _parse_choice if isinstance(answer_format, ChoiceFormat) else _parse_ranking
     return trailing or parse_answer(body, answer_format)
+
+
+def _after_reasoning(text: str) -> str | None:
+    """The text after the reasoning block, if one comes before the first action tag (tags inside the reasoning
+    are not actions): ``<think>...</think>``, or just ``...</think>`` when the prompt opened the block. None when
+    an opened block is never closed."""
+    action_tags = [i for i in (text.find(TOOL_CALL), text.find(ANSWER)) if i >= 0]
+    first_action = min(action_tags, default=len(text))
+    think_at, end_at = text.find(THINK), text.find(END_THINK)
+    if 0 <= think_at < first_action:
+        end_at = text.find(END_THINK, think_at)
+        return None if end_at < 0 else text[end_at + len(END_THINK):]
+    if 0 <= end_at < first_action:
+        return text[end_at + len(END_THINK):]
+    return text
 
 
 def strip_end_markers(text: str) -> str:

@@ -26,19 +26,28 @@ def test_valid_tool_call_with_reasoning_and_end_marker():
         "get_user_profile", {})
 
 
+def test_tags_inside_arguments_or_reasoning_are_not_actions():
+    text = '<think>maybe <answer>?</think><tool_call>{"name": "get_user_profile", "arguments": {"q": "<think>"}}' \
+           '</tool_call>'
+    assert parse_turn(text, TOOLS, RANK) == ToolCall("get_user_profile", {"q": "<think>"})
+    implicit = "the prompt opened the reasoning block </think>" + answer(TOP10)  # Qwen3 thinking templates
+    assert isinstance(parse_turn(implicit, TOOLS, RANK), Answer)
+
+
 def test_valid_answers():
     assert parse_turn("Ranking done.\n" + answer(TOP10) + "\n<|im_end|>", TOOLS, RANK) == Answer(
         ranking=(8, 3, 15, 1, 20, 2, 4, 5, 6, 7))
     assert parse_turn(answer(" A "), TOOLS, ChoiceFormat()) == Answer(choice="A")
 
 
-@pytest.mark.parametrize("text, reason", [
+INVALID_CASES = [
     ("I think item 3 is best.", Reason.NO_ACTION),
     ("<think>still thinking " + answer(TOP10), Reason.UNCLOSED_THINK),
     ('<tool_call>{"name": "get_user_profile"', Reason.UNCLOSED_TOOL_CALL),
     ('<tool_call>{"name": "get_user_profile"}</tool_call><tool_call>{"name": "get_user_profile"}</tool_call>',
      Reason.MULTIPLE_TOOL_CALLS),
     ('<tool_call>{"name": "get_user_profile"}</tool_call>' + answer(TOP10), Reason.TOOL_CALL_AND_ANSWER),
+    (answer(TOP10) + '<tool_call>{"name": "get_user_profile"}</tool_call>', Reason.TOOL_CALL_AND_ANSWER),
     ('<tool_call>{"name": "get_user_profile"}</tool_call> and more', Reason.TEXT_AFTER_TOOL_CALL),
     ('<tool_call>{"name": "get_user_profile",}</tool_call>', Reason.BAD_JSON),
     ("<tool_call>" + "[" * 100_000 + "</tool_call>", Reason.BAD_JSON),  # RecursionError inside json
@@ -63,7 +72,10 @@ def test_valid_answers():
     (answer("[1, 2, 3]"), Reason.TOO_FEW_ITEMS),
     (answer("[]"), Reason.TOO_FEW_ITEMS),
     (answer("[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]"), Reason.TOO_MANY_ITEMS),
-])
+]
+
+
+@pytest.mark.parametrize("text, reason", INVALID_CASES)
 def test_each_invalid_case_has_its_reason(text, reason):
     result = parse_turn(text, TOOLS, RANK)
     assert isinstance(result, Invalid) and result.reason == reason, result
@@ -75,9 +87,8 @@ def test_choice_reasons():
 
 
 def test_every_reason_is_reachable():
-    reached = {parse_turn(t, TOOLS, RANK).reason for t, _ in test_each_invalid_case_has_its_reason.pytestmark[0].args[1]}
-    reached |= {Reason.UNKNOWN_CHOICE}
-    assert reached == set(Reason) - {Reason.PARSER_ERROR}
+    covered = {reason for _, reason in INVALID_CASES} | {Reason.UNKNOWN_CHOICE}  # the latter in test_choice_reasons
+    assert covered == set(Reason) - {Reason.PARSER_ERROR}
 
 
 FRAGMENTS = ["<tool_call>", "</tool_call>", "<answer>", "</answer>", "<think>", "</think>", "<|im_end|>",
