@@ -141,9 +141,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)  # one fused kernel: decoding is op-bound
+        return self.weight * normed.to(x.dtype)
 
 
 def rotary_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
@@ -273,9 +272,11 @@ class Qwen3(nn.Module):
                       kv_cache: KVCache | None = None) -> torch.Tensor:
         """Final-norm hidden states [B, T, hidden] for input_ids [B, T].
 
-        positions [B, T]: absolute position of each token (default 0..T-1 per row). With a ``kv_cache`` the tokens
-        are written to the cache slots named by ``positions`` and attend to slots 0..position (``causal_mask``);
-        without one, plain causal attention over the T tokens (right padding is harmless: it comes last).
+        positions [B, T]: absolute position of each token, consecutive within a row (default 0..T-1). With a
+        ``kv_cache`` the tokens are written to the cache slots named by ``positions`` and attend to slots
+        0..position (``causal_mask``); when every row starts at 0 that is plain causal attention, which lets SDPA
+        skip the masked half. Without a cache: causal attention over the T tokens (right padding is harmless: it
+        comes last).
         """
         B, T = input_ids.shape
         if positions is None:
@@ -285,7 +286,8 @@ class Qwen3(nn.Module):
         mask, kv_len = None, T
         if kv_cache is not None:
             kv_len = int(positions.max()) + 1  # attend over the used prefix of the preallocated cache only
-            mask = causal_mask(positions, kv_len)
+            if kv_len > T:  # some row continues a cached context (kv_len == T: all rows start at 0, plain causal)
+                mask = causal_mask(positions, kv_len)
         for layer in self.model["layers"]:
             x = layer(x, cos, sin, positions, mask, kv_cache, kv_len)
         return self.model["norm"](x)
