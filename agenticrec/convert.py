@@ -229,7 +229,9 @@ def prepare_amazon2023(reviews: Path, meta_file: Path, name: str, start: str = "
     3. Drop reviews of items without a title; de-duplicate (user, item), keeping the earliest review (exact
        duplicate lines are common in the raw files, and a repeat purchase would put the target in its own history).
     4. Drop users with fewer than ``min_user_interactions`` interactions; sort each user's interactions by time.
-    5. Split all interactions chronologically 8:1:1 by global timestamp cut points (``valid_from``, ``test_from``).
+    5. Split all interactions chronologically 8:1:1 by global timestamp cut points (``valid_from``, ``test_from``);
+       the collaborative tools fit on the first 7/8 of the train period (``fit_until``), and train instances are
+       the interactions of its last 1/8, so no instance's target is in the tools' training data.
     Both files are read line by line: memory grows with the kept interactions, not the file size.
     """
     lo, hi = _day_ms(start), _day_ms(end)
@@ -279,9 +281,11 @@ def _assemble_2023(name, kept, metadata, skipped, start, end, fractions, min_use
     times = sorted(t for s in sequences for t in s.timestamps)
     if not times:
         raise DataError(f"{source}: no interaction survives the protocol ({dict(skipped)})")
+    fit_until = times[min(len(times) - 1, int(fractions[0] * 7 / 8 * len(times)))]
     valid_from = times[min(len(times) - 1, int(fractions[0] * len(times)))]
     test_from = times[min(len(times) - 1, int((fractions[0] + fractions[1]) * len(times)))]
-    meta = {"name": name, "split": "global_time", "valid_from": valid_from, "test_from": test_from,
+    meta = {"name": name, "split": "global_time", "fit_until": fit_until, "valid_from": valid_from,
+            "test_from": test_from,
             "window": [start, end], "source": source, "skipped": dict(skipped),
             "licence": "Amazon Reviews 2023 (McAuley lab), research use only",
             "fields": ["title", "categories", "brand", "price", "average_rating", "rating_count", "description",

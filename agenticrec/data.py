@@ -14,7 +14,8 @@ Split protocols (``meta["split"]``):
 - ``leave_one_out``: per user, last item = test, second-to-last = valid, the rest = train (sources without
   timestamps, and the official 2023 ``last_out`` benchmark files).
 - ``global_time``: every interaction is assigned by its timestamp against the global cut points
-  ``meta["valid_from"]`` / ``meta["test_from"]`` (the paper's chronological 8:1:1; ``prepare-amazon2023``).
+  ``meta["valid_from"]`` / ``meta["test_from"]`` (the paper's chronological 8:1:1; ``prepare-amazon2023``);
+  train instances are the train interactions after ``meta["fit_until"]`` (the last eighth of the train period).
 - ``windows``: rows that already carry a history, a target and a split (MiniOneRec's Office_Products, which has
   no train split: evaluation only).
 
@@ -194,17 +195,19 @@ def _check_ids(data: Dataset, folder: Path) -> None:
 
 
 def training_sequences(data: Dataset) -> list[list[int]]:
-    """Train-split interactions only, per user, oldest first: what SASRec, popularity and co-occurrence learn from.
+    """What SASRec, popularity and co-occurrence learn from: train-split interactions that come before the target
+    of EVERY instance, train instances included (a tool fitted on a train instance's own target transition would
+    teach the policy to trust it more than it deserves at test time).
 
-    - leave_one_out: each sequence minus its last two items (the valid and test targets);
-    - global_time: the interactions before ``valid_from``;
+    - leave_one_out: each sequence minus its last three items (the train, valid and test targets);
+    - global_time: the interactions before ``fit_until`` (train instances come from [fit_until, valid_from));
     - windows (no train split): the valid rows (history + target), which all precede the test period; only the
       test split may then be evaluated.
     """
     if data.protocol == "leave_one_out":
-        return [s.items[:-2] for s in data.sequences if len(s.items) > 2]
+        return [s.items[:-3] for s in data.sequences if len(s.items) > 3]
     if data.protocol == "global_time":
-        cut = data.meta["valid_from"]
+        cut = data.meta["fit_until"]
         out = [[i for i, t in zip(s.items, s.timestamps) if t < cut] for s in data.sequences]
         return [s for s in out if s]
     return [w.history + [w.target] for w in data.windows if w.split == "valid"]
@@ -225,7 +228,8 @@ def target_positions(data: Dataset, split: str) -> Iterator[tuple[int, int]]:
                 yield s_idx, position
         else:
             for position in range(1, n):
-                if data.split_of(seq, position) == split:
+                in_fit_period = seq.timestamps[position] < data.meta["fit_until"]
+                if data.split_of(seq, position) == split and not (split == "train" and in_fit_period):
                     yield s_idx, position
 
 

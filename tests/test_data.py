@@ -19,7 +19,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
     # users / items / interactions, as each source's SOURCE.md reports them
     ("games", {"users": 50_546, "items": 16_859, "interactions": 440_264}),
     ("beauty", {"users": 22_363, "items": 12_101, "interactions": 198_502}),
-    ("beauty2023", {"users": 253, "items": 356, "interactions": 2_535, "train_interactions": 2_029}),
+    ("beauty2023", {"users": 253, "items": 356, "interactions": 2_535}),
     ("office", {"users": 3_231, "items": 3_459, "items_interacted": 3_317, "valid_rows": 4_866,
                 "valid_users": 1_795, "test_rows": 4_866, "test_users": 2_024}),
 ])
@@ -73,16 +73,16 @@ def test_placeholder_titles_never_become_targets_or_negatives():
     assert data.title(40) == "Untitled item"
 
 
-@pytest.mark.parametrize("protocol, meta", [("leave_one_out", {}),
-                                            ("global_time", {"valid_from": 20_000, "test_from": 25_000})])
-def test_collaborative_training_data_holds_no_valid_or_test_target(protocol, meta):
+@pytest.mark.parametrize("protocol, meta", [
+    ("leave_one_out", {}), ("global_time", {"fit_until": 15_000, "valid_from": 20_000, "test_from": 25_000})])
+def test_collaborative_training_data_holds_no_instance_target(protocol, meta):
     data = tiny_dataset(protocol, **meta)
     trained_on = {i for seq in training_sequences(data) for i in seq}
-    for split in ("valid", "test"):
+    assert trained_on
+    for split in ("train", "valid", "test"):
         instances, _ = build_instances(data, split, num_candidates=5)
         assert instances
         assert not {x.target for x in instances} & trained_on
-    assert {x.target for x in build_instances(data, "train", 5)[0]} <= trained_on
 
 
 def test_window_datasets_train_only_on_rows_before_the_test_period():
@@ -145,6 +145,7 @@ def test_prepare_amazon2023_protocol_on_generated_records(tmp_path):
     assert all(s.timestamps == sorted(s.timestamps) for s in data.sequences)
     times = sorted(t for s in data.sequences for t in s.timestamps)
     assert times.index(data.meta["valid_from"]) == 32 and times.index(data.meta["test_from"]) == 36  # 8:1:1
+    assert times.index(data.meta["fit_until"]) == 28
     splits = [data.split_of(s, p) for s in data.sequences for p in range(len(s.items))]
     assert splits.count("train") == 32 and splits.count("valid") == 4 and splits.count("test") == 4
 
