@@ -139,6 +139,7 @@ class Dataset:
     items: list[dict]
     sequences: list[Sequence] = field(default_factory=list)
     windows: list[Window] = field(default_factory=list)
+    _by_user: dict | None = field(default=None, repr=False)
 
     @property
     def protocol(self) -> str:
@@ -154,6 +155,11 @@ class Dataset:
 
     def has_title(self, item: int) -> bool:
         return bool(self.items[item].get("title"))
+
+    def sequence_of(self, user: str) -> Sequence:
+        if self._by_user is None:
+            self._by_user = {s.user: s for s in self.sequences}
+        return self._by_user[user]
 
     def split_of(self, seq: Sequence, position: int) -> str:
         if self.protocol == "leave_one_out":
@@ -195,6 +201,11 @@ def _check_ids(data: Dataset, folder: Path) -> None:
 
 
 def training_sequences(data: Dataset) -> list[list[int]]:
+    """The sequences of ``training_sequences_by_user``."""
+    return [seq for _, seq in training_sequences_by_user(data)]
+
+
+def training_sequences_by_user(data: Dataset) -> list[tuple[str, list[int]]]:
     """What SASRec, popularity and co-occurrence learn from: train-split interactions that come before the target
     of EVERY instance, train instances included (a tool fitted on a train instance's own target transition would
     teach the policy to trust it more than it deserves at test time).
@@ -205,12 +216,12 @@ def training_sequences(data: Dataset) -> list[list[int]]:
       test split may then be evaluated.
     """
     if data.protocol == "leave_one_out":
-        return [s.items[:-3] for s in data.sequences if len(s.items) > 3]
+        return [(s.user, s.items[:-3]) for s in data.sequences if len(s.items) > 3]
     if data.protocol == "global_time":
         cut = data.meta["fit_until"]
-        out = [[i for i, t in zip(s.items, s.timestamps) if t < cut] for s in data.sequences]
-        return [s for s in out if s]
-    return [w.history + [w.target] for w in data.windows if w.split == "valid"]
+        out = [(s.user, [i for i, t in zip(s.items, s.timestamps) if t < cut]) for s in data.sequences]
+        return [(user, seq) for user, seq in out if seq]
+    return [(w.user, w.history + [w.target]) for w in data.windows if w.split == "valid"]
 
 
 # --------------------------------------------------------------------------------------------------------------------
