@@ -1,0 +1,164 @@
+"""The rollout: a scripted model gives exactly the expected ids, masks and rewards; budgets and invalid turns end
+trajectories with a named reason; 1,000 rollouts of a random tiny model all terminate."""
+
+from collections import Counter
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from agenticrec.agent import (CONTEXT_LIMIT, TOOL_BUDGET_EXCEEDED, TOOLS_DISABLED, TURN_TOKEN_LIMIT, AgentConfig,
+                              Rollout, build_prompt)
+from agenticrec.data import Instance
+from agenticrec.engine import Engine
+from agenticrec.model import Qwen3, Qwen3Config
+from agenticrec.reward import RewardConfig
+from agenticrec.tokenizer import load_tokenizer, tool_call_text, tool_response_ids, train_bpe_tokenizer
+from agenticrec.tools import TOOLS, Toolbox, context_for
+from test_tools import FakeSASRec, tiny
+
+INSTANCE = Instance("ann", [0, 1, 7, 4, 2], 3, [5, 3, 6, 2, 4], position=5)  # target 3 is candidate [2]
+CFG = AgentConfig(answer_length=5, temperature=0.0, max_turn_tokens=200, max_context=4000)
+
+
+class ScriptedModel(nn.Module):
+    """A stand-in policy that emits a fixed script: at absolute position p it puts all mass on script[p + 1]."""
+
+    def __init__(self, script: list[int], vocab_size: int):
+        super().__init__()
+        self.config = Qwen3Config(vocab_size=vocab_size, hidden_size=1, intermediate_size=1, num_hidden_layers=1,
+                                  num_attention_heads=1, num_key_value_heads=1, head_dim=2)
+        self.anchor = nn.Parameter(torch.zeros(1))  # the engine reads dtype / device from a parameter
+        self.script = script
+
+    def hidden_states(self, ids, positions, kv_cache):
+        return positions[..., None].float()
+
+    def lm_head(self, hidden):
+        logits = torch.full((len(hidden), self.config.vocab_size), -1e9)
+        nxt = [self.script[min(int(p) + 1, len(self.script) - 1)] for p in hidden[:, 0]]
+        logits[torch.arange(len(hidden)), nxt] = 0.0
+        return logits
+
+
+@pytest.fixture(scope="module")
+def tokenizer(qwen3_tokenizer_dirs):
+    return load_tokenizer(qwen3_tokenizer_dirs["Qwen3-4B-Instruct-2507"])
+
+
+@pytest.fixture(scope="module")
+def box():
+    return Toolbox(tiny(), FakeSASRec())
+
+
+def encode(tokenizer, text):
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def script_for(tokenizer, box, actions, cfg=CFG, instance=INSTANCE):
+    """prompt + each turn (mask 1) + each tool response (mask 0), as the rollout should build them."""
+    ids = build_prompt(tokenizer, instance, box.data, box, cfg)
+    mask = [0] * len(ids)
+    context = context_for(instance, box.data)
+    for kind, payload in actions:
+        turn = encode(tokenizer, payload if kind == "text" else tool_call_text(*payload))
+        ids, mask = ids + turn, mask + [1] * len(turn)
+        if kind == "call" and payload[0] in box.names:
+            forced = tool_response_ids(tokenizer, [box.call(payload[0], payload[1], context).text])
+            ids, mask = ids + forced, mask + [0] * len(forced)
+    return ids, mask
+
+
+def run(tokenizer, box, script, cfg=CFG, instance=INSTANCE):
+    model = ScriptedModel(script, len(tokenizer))
+    return Rollout(Engine(model, cfg.max_context), tokenizer, box.data, box, cfg).run([instance])[0]
+
+
+def test_scripted_tool_call_then_answer_gives_exact_ids_mask_and_reward(tokenizer, box):
+    actions = [("call", ("get_similar_items", {"item_title": "Mario Kart 8"})),
+               ("text", "<think>[1] looks closest.</think><answer>\\boxed{[5, 2, 1, 4, 3]}</answer><|im_end|>")]
+    ids, mask = script_for(tokenizer, box, actions)
+    t = run(tokenizer, box, ids)
+    assert t.ids == ids and t.mask == mask
+    assert t.logprobs == [0.0] * len(ids)  # greedy on a one-hot policy
+    assert t.invalid_reason is None and t.ranking == (4, 3, 5, 2, 6) and t.rank == 2
+    assert t.reward == pytest.approx(1 / 1.584962500721156)  # NDCG at rank 2, no bonus
+    assert [(c.name, c.arguments, c.error) for c in t.tool_calls] == [
+        ("get_similar_items", {"item_title": "Mario Kart 8"}, None)]
+    assert t.tokens == {"prompt": t.prompt_len, "generated": sum(mask), "observation": mask.count(0) - t.prompt_len}
+    assert t.turns == 2
+
+
+def test_first_place_with_a_tool_call_earns_the_bonus(tokenizer, box):
+    actions = [("call", ("get_user_profile", {})), ("text", "<answer>\\boxed{[2, 1, 3, 4, 5]}</answer><|im_end|>")]
+    t = run(tokenizer, box, script_for(tokenizer, box, actions)[0])
+    assert t.rank == 1 and t.reward == pytest.approx(1.1)
+
+
+def test_tool_budget_is_enforced(tokenizer, box):
+    cfg = AgentConfig(answer_length=5, temperature=0.0, max_tool_calls=3, max_context=6000)
+    actions = [("call", ("get_user_profile", {}))] * 4
+    t = run(tokenizer, box, script_for(tokenizer, box, actions, cfg)[0], cfg)
+    assert t.invalid_reason == TOOL_BUDGET_EXCEEDED and len(t.tool_calls) == 3 and t.reward == -1.0
+
+
+def test_no_tools_mode_hides_schemas_and_rejects_calls(tokenizer, box):
+    cfg = AgentConfig(answer_length=5, temperature=0.0, use_tools=False)
+    prompt = build_prompt(tokenizer, INSTANCE, box.data, box, cfg)
+    assert "<tools>" not in tokenizer.decode(prompt)
+    t = run(tokenizer, box, script_for(tokenizer, box, [("call", ("get_user_profile", {}))], cfg)[0], cfg)
+    assert t.invalid_reason == TOOLS_DISABLED and t.tool_calls == [] and t.reward == -1.0
+
+
+def test_turn_and_context_limits_end_trajectories_with_a_reason(tokenizer, box):
+    rambling = script_for(tokenizer, box, [("text", "thinking " * 300)])[0]
+    t = run(tokenizer, box, rambling, AgentConfig(answer_length=5, temperature=0.0, max_turn_tokens=50))
+    assert t.invalid_reason == TURN_TOKEN_LIMIT and sum(t.mask) == 50
+    prompt_len = len(build_prompt(tokenizer, INSTANCE, box.data, box, CFG))
+    short = AgentConfig(answer_length=5, temperature=0.0, max_context=prompt_len + 30)
+    t = run(tokenizer, box, rambling, short)
+    assert t.invalid_reason == CONTEXT_LIMIT and len(t.ids) == prompt_len + 30 and t.reward == -1.0
+
+
+ACTION = st.one_of(
+    st.tuples(st.just("call"), st.tuples(st.sampled_from([t.name for t in TOOLS] + ["buy_now"]),
+                                         st.sampled_from([{}, {"item_name": "Halo 3"}, {"item_title": 2},
+                                                          {"item_name": ""}]))),
+    st.tuples(st.just("text"), st.sampled_from(["<answer>\\boxed{[1, 2, 3, 4, 5]}</answer><|im_end|>",
+                                                "<answer>\\boxed{[1, 1, 3, 4, 5]}</answer><|im_end|>",
+                                                "no idea<|im_end|>"])))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(actions=st.lists(ACTION, min_size=1, max_size=6), budget=st.integers(0, 4))
+def test_masks_are_one_exactly_on_sampled_tokens(tokenizer, box, actions, budget):
+    """Whatever the policy does, the rollout's ids and mask equal the reconstruction from its turns and
+    observations, up to where the trajectory ended."""
+    cfg = AgentConfig(answer_length=5, temperature=0.0, max_tool_calls=budget, max_context=8000)
+    ids, mask = script_for(tokenizer, box, actions + [("text", "no idea<|im_end|>")], cfg)  # always ends
+    t = run(tokenizer, box, ids, cfg)
+    assert t.ids == ids[:len(t.ids)] and t.mask == mask[:len(t.ids)]
+    assert len(t.tool_calls) <= budget
+    assert (t.invalid_reason is None) == (t.ranking is not None)
+    assert t.reward == -1.0 if t.invalid_reason else t.reward >= -0.5
+    forced = sum(c.observation_ids for c in t.tool_calls)
+    assert t.mask.count(0) == t.prompt_len + forced
+
+
+def test_a_thousand_random_policy_rollouts_terminate_within_budget(box):
+    tokenizer = train_bpe_tokenizer(["Halo 3 Mario Kart Zelda <answer>\\boxed{[1, 2]}</answer> get_user_profile"]
+                                    * 20, "/tmp/agenticrec-test-bpe", vocab_size=300)
+    torch.manual_seed(0)
+    model = Qwen3(Qwen3Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=16)).eval()
+    cfg = AgentConfig(answer_length=5, temperature=1.0, max_turn_tokens=16, max_context=4096,
+                      reward=RewardConfig())
+    trajectories = Rollout(Engine(model, cfg.max_context), tokenizer, box.data, box, cfg).run(
+        [INSTANCE] * 125, group_size=8, seed=0)
+    assert len(trajectories) == 1000
+    reasons = Counter(t.invalid_reason for t in trajectories)
+    assert sum(reasons.values()) == 1000 and all(t.reward in (-1.0, -0.5) or t.reward > 0 for t in trajectories)
+    assert all(sum(t.mask) <= 16 * (len(t.tool_calls) + 1) for t in trajectories)
+    print("invalid reasons over 1000 random-policy rollouts:", dict(reasons))
