@@ -70,6 +70,8 @@ class SASRec(nn.Module):
                                     for _ in range(cfg.blocks))
         self.norm = nn.LayerNorm(cfg.hidden)
         self.dropout = nn.Dropout(cfg.dropout)
+        self.register_buffer("future_mask", torch.ones(cfg.max_len, cfg.max_len, dtype=torch.bool).triu(1),
+                             persistent=False)
         with torch.no_grad():  # unit-scale inputs after the sqrt(d) factor; N(0, 1) rows gave logits of ~100
             for emb in (self.item_emb, self.pos_emb):
                 emb.weight.normal_(0.0, cfg.hidden ** -0.5)
@@ -81,7 +83,7 @@ class SASRec(nn.Module):
         recency = torch.arange(L - 1, -1, -1, device=seqs.device)  # last column = recency 0
         x = self.item_emb(seqs) * math.sqrt(self.cfg.hidden) + self.pos_emb(recency)[None]
         x = self.dropout(x) * (seqs > 0)[..., None]
-        causal = torch.ones(L, L, dtype=torch.bool, device=seqs.device).triu(1)  # True = masked
+        causal = self.future_mask[-L:, -L:]  # True = masked
         for block in self.blocks:
             x = block(x, src_mask=causal) * (seqs > 0)[..., None]
         return self.norm(x)

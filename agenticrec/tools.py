@@ -93,6 +93,7 @@ class Toolbox:
     enabled: tuple[str, ...] | None = None  # None = all seven
 
     def __post_init__(self):
+        self._user_vector_cache: dict[tuple[int, ...], np.ndarray] = {}
         self.popularity = popularity(self.data)
         self.pop_rank = np.empty_like(self.popularity)
         self.pop_rank[np.argsort(-self.popularity, kind="stable")] = np.arange(1, len(self.popularity) + 1)
@@ -110,7 +111,17 @@ class Toolbox:
             self.neighbour_recent = [seq[-3:] for _, seq in train]
             vectors = torch.cat([self.sasrec.user_embedding([seq for _, seq in train[i:i + 1024]])
                                  for i in range(0, len(train), 1024)])
-            self.user_vectors = torch.nn.functional.normalize(vectors.float(), dim=-1).numpy()
+            self.user_vectors = torch.nn.functional.normalize(vectors.float(), dim=-1)  # [users, d]
+
+    def user_vector(self, history: tuple[int, ...]) -> np.ndarray:
+        """The normalised SASRec embedding of a history, memoised: the G rollouts of a group ask for the same one."""
+        if history not in self._user_vector_cache:
+            if len(self._user_vector_cache) > 100_000:
+                self._user_vector_cache.clear()
+            with torch.no_grad():
+                vector = self.sasrec.user_embedding([list(history)]).float()
+            self._user_vector_cache[history] = torch.nn.functional.normalize(vector, dim=-1)[0].numpy()
+        return self._user_vector_cache[history]
 
     @property
     def tools(self) -> list[Tool]:
@@ -357,11 +368,10 @@ def get_similar_items(box: Toolbox, ctx: ToolContext, item_title) -> str:
 def get_similar_users(box: Toolbox, ctx: ToolContext) -> str:
     if not ctx.history:
         raise ToolError("the user has no history")
-    with torch.no_grad():
-        vector = torch.nn.functional.normalize(box.sasrec.user_embedding([list(ctx.history)]).float(), dim=-1)
-    sims = box.user_vectors @ vector[0].numpy()
-    order = np.argsort(-sims)[:6]
-    neighbours = [j for j in order if box.neighbour_users[j] != ctx.user][:5]
+    sims = (box.user_vectors @ torch.from_numpy(box.user_vector(ctx.history))).numpy()  # torch: threaded BLAS
+    k = min(6, len(sims))  # the user may be among the 6 nearest: 5 others remain
+    top = np.argpartition(-sims, k - 1)[:k]
+    neighbours = [j for j in top[np.argsort(-sims[top])] if box.neighbour_users[j] != ctx.user][:5]
     counts = Counter(c for j in neighbours for c in box.neighbour_recent[j] if c in ctx.candidates)
     recent = Counter(i for j in neighbours for i in box.neighbour_recent[j])
     shown = "; ".join(box.label(i, ctx, width=40) for i, _ in recent.most_common(5))
