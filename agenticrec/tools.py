@@ -397,3 +397,74 @@ TOOLS = [
          {}, (), get_similar_users),
 ]
 COLLABORATIVE = {"get_similar_items", "get_similar_users"}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Offline LLM profiles: python -m agenticrec.tools profiles --dataset games --model /models/Qwen3-4B-Instruct-2507
+# --------------------------------------------------------------------------------------------------------------------
+
+PROFILE_PROMPT = ("Here are the items a user chose, oldest first:\n{history}\n\nDescribe this user's preferences "
+                  "in at most three sentences: preferred categories, long-term interests and recent focus.")
+
+
+def write_llm_profiles(data: Dataset, instances: list[Instance], model, tokenizer, out, batch_size: int = 32,
+                       max_new_tokens: int = 128) -> int:
+    """Generate one profile per distinct (user, history) with the loaded LLM (greedy) and write them as
+    ``{"key": profile_key, "profile": text}`` lines; ``load_profiles`` reads them back for the Toolbox."""
+    from tqdm.auto import tqdm
+
+    from agenticrec.data import write_jsonl
+    from agenticrec.engine import generate
+    from agenticrec.tokenizer import IM_END, render_chat
+
+    contexts = {profile_key(c): c for c in (context_for(x, data) for x in instances)}
+    keys, records = list(contexts), []
+    stop = tokenizer.convert_tokens_to_ids(IM_END)
+    for start in tqdm(range(0, len(keys), batch_size), desc="profiles", unit="batch"):
+        chunk = keys[start:start + batch_size]
+        prompts = [render_chat(tokenizer, [{"role": "user", "content": PROFILE_PROMPT.format(
+            history="\n".join(f"- {data.title(i)}" for i in contexts[k].history))}]) for k in chunk]
+        outputs = generate(model, prompts, max_new_tokens, stop_token_ids=[stop])
+        for key, ids in zip(chunk, outputs):
+            text = tokenizer.decode([i for i in ids if i != stop]).strip()
+            records.append({"key": key, "profile": text.split("</think>")[-1].strip()})
+    return write_jsonl(out, records)
+
+
+def load_profiles(path) -> dict[str, str]:
+    from pathlib import Path
+
+    from agenticrec.data import read_jsonl
+    return {r["key"]: r["profile"] for r in read_jsonl(Path(path)) if isinstance(r.get("profile"), str)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    from pathlib import Path
+
+    from agenticrec.data import load_dataset, load_instances
+    from agenticrec.model import load_pretrained
+    from agenticrec.sasrec import CACHE
+    from agenticrec.tokenizer import load_tokenizer
+
+    parser = argparse.ArgumentParser(prog="python -m agenticrec.tools", description="offline tool data")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("profiles", help="precompute get_user_profile texts with a loaded LLM")
+    p.add_argument("--dataset", default="games", help="dataset name under data/")
+    p.add_argument("--model", type=Path, required=True, help="Hugging Face Qwen3 folder (weights + tokenizer)")
+    p.add_argument("--splits", nargs="+", default=["train", "valid", "test"], help="instance splits to cover")
+    p.add_argument("--limit", type=int, default=None, help="first N instances per split")
+    p.add_argument("--dtype", default="bfloat16", help="model dtype")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="model device")
+    p.add_argument("--out", type=Path, default=None, help="output .jsonl.gz (default: the cache folder)")
+    args = parser.parse_args(argv)
+    data = load_dataset(args.dataset)
+    instances = [x for split in args.splits for x in load_instances(args.dataset, split)[:args.limit]]
+    model = load_pretrained(args.model, dtype=getattr(torch, args.dtype), device=args.device).eval()
+    out = args.out or CACHE / f"profiles-{args.dataset}-{args.model.name}.jsonl.gz"
+    n = write_llm_profiles(data, instances, model, load_tokenizer(args.model), out)
+    print(f"wrote {n} profiles to {out}")
+
+
+if __name__ == "__main__":
+    main()

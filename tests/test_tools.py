@@ -179,3 +179,26 @@ def test_schemas_are_qwen3_tool_format(box):
     assert [s["function"]["name"] for s in schemas] == [t.name for t in TOOLS]
     assert all(s["type"] == "function" and s["function"]["parameters"]["type"] == "object" for s in schemas)
     json.dumps(schemas)
+
+
+def test_llm_profiles_are_generated_cached_and_served(tmp_path, box):
+    from agenticrec.engine import generate
+    from agenticrec.model import Qwen3, Qwen3Config
+    from agenticrec.tokenizer import render_chat, train_bpe_tokenizer
+    from agenticrec.tools import PROFILE_PROMPT, load_profiles, profile_key, write_llm_profiles
+
+    tokenizer = train_bpe_tokenizer(["Halo 3 Mario Kart Zelda preferences"] * 20, tmp_path / "tok", vocab_size=300)
+    torch.manual_seed(0)
+    model = Qwen3(Qwen3Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=16)).eval()
+    x = Instance("ann", [0, 1, 7, 4, 2], 3, [3, 5, 6, 2, 4], position=5)
+    assert write_llm_profiles(box.data, [x, x], model, tokenizer, tmp_path / "p.jsonl.gz", max_new_tokens=8) == 1
+    profiles = load_profiles(tmp_path / "p.jsonl.gz")
+    ctx = context_for(x, box.data)
+    prompt = render_chat(tokenizer, [{"role": "user", "content": PROFILE_PROMPT.format(
+        history="\n".join(f"- {box.data.title(i)}" for i in x.history))}])
+    ids = generate(model, [prompt], 8, stop_token_ids=[tokenizer.eos_token_id])[0]
+    expected = tokenizer.decode([i for i in ids if i != tokenizer.eos_token_id]).strip()
+    assert profiles == {profile_key(ctx): expected}
+    served = Toolbox(box.data, FakeSASRec(), profiles=profiles).call("get_user_profile", {}, ctx)
+    assert served.text == expected[:1500] and served.error is None
