@@ -20,3 +20,24 @@ def preset_config(tokenizer) -> Qwen3Config:
     """The preset model sized to a tokenizer's vocabulary, with its EOS / pad ids."""
     return Qwen3Config(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
                        pad_token_id=tokenizer.pad_token_id, **PRESET_MODEL)
+
+
+def preset_tokenizer(data, folder, vocab_size: int = 4096):
+    """The preset's byte-level BPE, trained on the dataset's item titles and the agent's fixed texts (system
+    prompts, tool schemas, answer format), saved as a Hugging Face tokenizer folder; reused when present."""
+    import json
+    from pathlib import Path
+
+    from agenticrec.agent import SYSTEM_NO_TOOLS, SYSTEM_WITH_TOOLS
+    from agenticrec.tokenizer import load_tokenizer, tool_call_text, train_bpe_tokenizer
+    from agenticrec.tools import TOOLS
+
+    folder = Path(folder)
+    if (folder / "tokenizer.json").is_file():
+        return load_tokenizer(folder)
+    fixed = [SYSTEM_WITH_TOOLS, SYSTEM_NO_TOOLS, json.dumps([t.schema for t in TOOLS]),
+             "The user's history, oldest first:", "Candidates:", "Rank the candidates for this user.",
+             "<answer>\\boxed{[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}</answer>",
+             *(tool_call_text(t.name, {p: "Halo 3" for p in t.parameters}) for t in TOOLS)]
+    titles = [data.title(i) for i in range(len(data.items))]
+    return train_bpe_tokenizer(fixed * 200 + titles, folder, vocab_size=vocab_size)
