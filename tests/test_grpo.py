@@ -1,0 +1,179 @@
+"""The GRPO math, checked exactly (float64, full enumeration): Prop 4.1 for categorical and Plackett-Luce
+policies, the k3 facts, masking, the mu = 1 gradient, and rank-independent aggregation."""
+
+import itertools
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agenticrec.grpo import group_advantages, grpo_loss, keep_group, kl_penalty
+from agenticrec.reward import reward
+
+F64 = torch.float64  # every tensor here is float64: the checks are exact
+
+
+def expected_estimator(logp_outcomes: torch.Tensor, rewards: torch.Tensor, G: int, kind: str, theta) -> torch.Tensor:
+    """E over all G-tuples of outcomes of (1/G) sum_g A_g grad log pi(y_g), by enumeration.
+
+    logp_outcomes [M] (differentiable in theta), rewards [M]. The estimator is linear in grad log pi, so its
+    expectation is the gradient of sum_tuples P(tuple) (1/G) sum_g A_g log pi(y_g) with P and A held fixed.
+    """
+    M = len(rewards)
+    tuples = torch.tensor(list(itertools.product(range(M), repeat=G)))  # [M^G, G]
+    probs = logp_outcomes.detach().exp()[tuples].prod(dim=1)  # [M^G]
+    advantages = group_advantages(rewards[tuples], kind)  # our implementation, one row per tuple
+    surrogate = (probs[:, None] * advantages * logp_outcomes[tuples]).sum() / G
+    return torch.autograd.grad(surrogate, theta, retain_graph=True)[0]
+
+
+def exact_gradient(logp_outcomes, rewards, theta) -> torch.Tensor:
+    return torch.autograd.grad((logp_outcomes.exp() * rewards).sum(), theta, retain_graph=True)[0]
+
+
+@settings(max_examples=30, deadline=None)
+@given(K=st.integers(2, 4), G=st.integers(2, 4), seed=st.integers(0, 10_000))
+def test_prop_4_1_categorical_policy(K, G, seed):
+    g = torch.Generator().manual_seed(seed)
+    theta = torch.randn(K, generator=g, dtype=F64).requires_grad_()
+    rewards = torch.randn(K, generator=g, dtype=F64)
+    logp = theta.log_softmax(0)
+    truth = exact_gradient(logp, rewards, theta)
+    assert torch.allclose(expected_estimator(logp, rewards, G, "mean", theta), (G - 1) / G * truth, atol=1e-12)
+    assert torch.allclose(expected_estimator(logp, rewards, G, "rloo", theta), truth, atol=1e-12)
+
+
+def test_std_normalised_advantages_are_not_proportional_to_the_gradient():
+    for seed in range(20):
+        g = torch.Generator().manual_seed(seed)
+        theta = torch.randn(3, generator=g, dtype=F64).requires_grad_()
+        rewards = torch.randn(3, generator=g, dtype=F64)
+        logp = theta.log_softmax(0)
+        est = expected_estimator(logp, rewards, 3, "std", theta)
+        truth = exact_gradient(logp, rewards, theta)
+        cosine = torch.dot(est, truth) / (est.norm() * truth.norm())
+        if cosine < 1 - 1e-4:
+            return  # a counterexample: biased, and not even parallel
+    pytest.fail("no counterexample found")
+
+
+def plackett_luce_logps(theta: torch.Tensor) -> tuple[list[tuple[int, ...]], torch.Tensor]:
+    """Every permutation of the candidates and its log-probability under Plackett-Luce with scores theta."""
+    perms = list(itertools.permutations(range(len(theta))))
+    logps = []
+    for perm in perms:
+        remaining = list(perm)
+        total = 0.0
+        for item in perm:
+            total = total + theta[item] - torch.logsumexp(theta[remaining], 0)
+            remaining.remove(item)
+        logps.append(total)
+    return perms, torch.stack(logps)
+
+
+@settings(max_examples=8, deadline=None)
+@given(n=st.integers(3, 4), G=st.integers(2, 3), target=st.integers(0, 2), tools=st.integers(0, 1),
+       seed=st.integers(0, 10_000))
+def test_prop_4_1_plackett_luce_ranking_policy_with_the_paper_reward(n, G, target, tools, seed):
+    theta = torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=F64).requires_grad_()
+    perms, logp = plackett_luce_logps(theta)
+    # the paper's reward of each full ranking (K = 2 so that some rankings miss the target: -0.5)
+    rewards = torch.tensor([reward(perm, target, tools, cfg=_cfg(k=2)) for perm in perms], dtype=F64)
+    assert math.isclose(float(logp.exp().sum()), 1.0)
+    truth = exact_gradient(logp, rewards, theta)
+    assert torch.allclose(expected_estimator(logp, rewards, G, "mean", theta), (G - 1) / G * truth, atol=1e-12)
+    assert torch.allclose(expected_estimator(logp, rewards, G, "rloo", theta), truth, atol=1e-12)
+
+
+def _cfg(**kwargs):
+    from agenticrec.reward import RewardConfig
+    return RewardConfig(**kwargs)
+
+
+@settings(max_examples=50, deadline=None)
+@given(K=st.integers(2, 6), seed=st.integers(0, 10_000))
+def test_k3_is_unbiased_for_kl_and_its_gradient_is_the_reverse_kl_gradient(K, seed):
+    g = torch.Generator().manual_seed(seed)
+    theta = torch.randn(K, generator=g, dtype=F64).requires_grad_()
+    ref = torch.randn(K, generator=g, dtype=F64).log_softmax(0)
+    logp = theta.log_softmax(0)
+    pi = logp.exp()
+    k3 = kl_penalty(logp, ref, "k3")  # one value per possible sample
+    kl_pi_ref = (pi * (logp - ref)).sum()
+    assert torch.allclose((pi.detach() * k3).sum(), kl_pi_ref, atol=1e-12)  # E[k3] = KL(pi || ref)
+    expected_grad = torch.autograd.grad((pi.detach() * k3).sum(), theta, retain_graph=True)[0]  # E[grad k3]
+    kl_ref_pi = (ref.exp() * (ref - logp)).sum()
+    assert torch.allclose(expected_grad, torch.autograd.grad(kl_ref_pi, theta, retain_graph=True)[0], atol=1e-12)
+    assert not torch.allclose(expected_grad, torch.autograd.grad(kl_pi_ref, theta, retain_graph=True)[0], atol=1e-6)
+    k2_grad = torch.autograd.grad((pi.detach() * kl_penalty(logp, ref, "k2")).sum(), theta, retain_graph=True)[0]
+    assert torch.allclose(k2_grad, torch.autograd.grad((pi * (logp - ref)).sum(), theta)[0], atol=1e-12)
+
+
+def random_batch(seed, B=6, T=9):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(B, T, generator=g, dtype=F64).requires_grad_()
+    old = (logits.detach() + 0.3 * torch.randn(B, T, generator=g, dtype=F64))
+    ref = logits.detach() + 0.3 * torch.randn(B, T, generator=g, dtype=F64)
+    mask = (torch.rand(B, T, generator=g, dtype=F64) < 0.6).double()
+    mask[:, 0] = 1
+    adv = torch.randn(B, generator=g, dtype=F64)
+    return logits, old, ref, mask, adv
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "sequence_mean"])
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_masked_positions_do_not_change_loss_or_gradient(aggregation, seed):
+    logp, old, ref, mask, adv = random_batch(seed)
+    kwargs = dict(normalizer=7.0, ref_logp=ref, kl_coef=0.1, aggregation=aggregation)
+    loss, _ = grpo_loss(logp, old, adv, mask, **kwargs)
+    grad = torch.autograd.grad(loss, logp)[0]
+    noise = torch.randn_like(old) * 5 * (1 - mask)  # change everything where mask = 0
+    logp2 = (logp.detach() + noise).requires_grad_()
+    loss2, _ = grpo_loss(logp2, old + noise * 0.7, adv, mask, **{**kwargs, "ref_logp": ref - noise})
+    grad2 = torch.autograd.grad(loss2, logp2)[0]
+    assert torch.allclose(loss, loss2, atol=1e-12) and torch.allclose(grad, grad2, atol=1e-12)
+    assert torch.all(grad[mask == 0] == 0)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000), eps=st.floats(0.05, 0.5))
+def test_at_mu_1_the_clipped_gradient_is_advantage_times_grad_logp(seed, eps):
+    logp, _, _, mask, adv = random_batch(seed)
+    loss, metrics = grpo_loss(logp, logp.detach(), adv, mask, normalizer=mask.sum().item(), clip_eps=eps)
+    grad = torch.autograd.grad(loss, logp)[0]
+    assert torch.allclose(grad, -adv[:, None] * mask / mask.sum(), atol=1e-12)
+    assert metrics["clip_frac"] == 0.0 and metrics["ratio_max"] == 1.0
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "sequence_mean"])
+@pytest.mark.parametrize("world", [2, 4])
+def test_gradient_is_the_same_for_any_number_of_ranks(aggregation, world):
+    """Each rank normalises by the GLOBAL count / world size; the all-reduce averages: the result equals one
+    process holding the whole batch (and micro-batches within a rank just add up)."""
+    logp, old, ref, mask, adv = random_batch(0, B=8)
+    count = mask.sum().item() if aggregation == "token_mean" else len(mask)
+    kwargs = dict(ref_logp=ref, kl_coef=0.05, aggregation=aggregation)
+    loss, _ = grpo_loss(logp, old, adv, mask, normalizer=count, **kwargs)
+    full = torch.autograd.grad(loss, logp)[0]
+    per_rank = []
+    for rows in torch.arange(8).chunk(world):
+        grad = torch.zeros_like(logp)
+        for micro in rows.chunk(2):  # two micro-batches per rank, accumulated
+            part, _ = grpo_loss(logp[micro], old[micro], adv[micro], mask[micro], normalizer=count / world,
+                                **{**kwargs, "ref_logp": ref[micro]})
+            grad += torch.autograd.grad(part, logp)[0]
+        per_rank.append(grad)
+    assert torch.allclose(torch.stack(per_rank).mean(0), full, atol=1e-12)
+
+
+def test_advantage_kinds_by_hand_and_dynamic_sampling():
+    rewards = torch.tensor([[1.0, 0.0, -1.0, 0.0], [-1.0, -0.5, -1.0, -0.5], [0.3, 0.3, 0.3, 0.3]], dtype=F64)
+    assert torch.allclose(group_advantages(rewards, "mean")[0], torch.tensor([1.0, 0.0, -1.0, 0.0], dtype=F64))
+    assert torch.allclose(group_advantages(rewards, "rloo")[0], torch.tensor([4 / 3, 0.0, -4 / 3, 0.0], dtype=F64))
+    std = rewards[0].std()  # unbiased: sqrt(2/3)
+    assert torch.allclose(group_advantages(rewards, "std")[0], torch.tensor([1.0, 0.0, -1.0, 0.0], dtype=F64) / (std + 1e-6))
+    assert keep_group(rewards).tolist() == [True, False, True]
+    assert keep_group(rewards, drop_all_equal=True).tolist() == [True, False, False]
