@@ -277,13 +277,12 @@ class Engine:
         positions = starts[:, None] + torch.arange(width, device=self.device)  # [R, width]
         self.cache.ensure_capacity(int(positions.max()) + 1)
         self.cache.rows = rows
-        hidden = self.model.hidden_states(ids, positions, self.cache)  # [R, width, C]
-        last = hidden[torch.arange(len(chunks), device=self.device), lengths - 1]  # [R, C]
+        logits = self.model(ids, positions, self.cache, last_index=lengths - 1)  # [R, V]
         if rows is None:
             self.lens += lengths
         else:
             self.lens[rows] += lengths
-        return self.model.lm_head(last)
+        return logits
 
 
 def generate(model: Qwen3, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0, top_k: int = 0,

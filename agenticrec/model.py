@@ -292,9 +292,39 @@ class Qwen3(nn.Module):
             x = layer(x, cos, sin, positions, mask, kv_cache, kv_len)
         return self.model["norm"](x)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
-                kv_cache: KVCache | None = None) -> torch.Tensor:
-        return self.lm_head(self.hidden_states(input_ids, positions, kv_cache))
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None, kv_cache: KVCache | None = None,
+                *, last_index: torch.Tensor | None = None, targets: torch.Tensor | None = None,
+                temperature: float = 1.0) -> torch.Tensor:
+        """Logits [B, T, V]; or, with ``last_index`` [B], the logits at one position per row [B, V] (generation);
+        or, with ``targets`` [B, T], log softmax(logits / temperature) of each target id [B, T] (training), computed
+        in chunks so that the [B, T, V] logits never exist at once. Everything runs inside ``forward`` so that
+        FSDP's hooks gather the embedding, final norm and LM head too."""
+        hidden = self.hidden_states(input_ids, positions, kv_cache)
+        if last_index is not None:
+            return self.lm_head(hidden[torch.arange(len(hidden), device=hidden.device), last_index])
+        if targets is not None:
+            return token_logprobs(self.lm_head, hidden, targets, temperature)
+        return self.lm_head(hidden)
+
+
+LOGPROB_CHUNK = 256  # positions per chunk of the LM head in token_logprobs
+
+
+def token_logprobs(lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log softmax(lm_head(hidden) / T)[target] per position [B, T], in chunks of LOGPROB_CHUNK positions; under
+    autograd each chunk is recomputed in the backward pass instead of keeping its [B, chunk, V] logits alive."""
+    from torch.utils.checkpoint import checkpoint
+
+    def chunk_logprobs(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        logits = lm_head(h).float() / temperature
+        return logits.log_softmax(-1).gather(-1, t[..., None])[..., 0]
+
+    pieces = []
+    for start in range(0, hidden.shape[1], LOGPROB_CHUNK):
+        h, t = hidden[:, start:start + LOGPROB_CHUNK], targets[:, start:start + LOGPROB_CHUNK]
+        pieces.append(checkpoint(chunk_logprobs, h, t, use_reentrant=False) if torch.is_grad_enabled()
+                      else chunk_logprobs(h, t))
+    return torch.cat(pieces, dim=1)
 
 
 # --------------------------------------------------------------------------------------------------------------------

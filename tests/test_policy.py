@@ -1,0 +1,39 @@
+"""Prefix-shared teacher forcing equals G independent full-sequence passes, in values and in gradients."""
+
+import torch
+
+from agenticrec.model import Qwen3, Qwen3Config
+from agenticrec.policy import group_logprobs
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return Qwen3(Qwen3Config(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, head_dim=12, tie_word_embeddings=True))
+
+
+def full_logprobs(model, prompt, continuation, temperature):
+    ids = torch.tensor([prompt + continuation])
+    lp = model(ids[:, :-1], targets=ids[:, 1:], temperature=temperature)[0]
+    return lp[len(prompt) - 1:]
+
+
+def test_group_logprobs_equal_separate_passes_and_gradients_match():
+    model = tiny_model()
+    g = torch.Generator().manual_seed(1)
+    prompt = torch.randint(0, 97, (37,), generator=g).tolist()
+    continuations = [torch.randint(0, 97, (n,), generator=g).tolist() for n in (5, 1, 12, 8)]
+    weights = torch.randn(4, 12, generator=g)
+    shared = group_logprobs(model, prompt, continuations, temperature=0.7)
+    (shared * weights).sum().backward()
+    grads_shared = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    total = 0
+    for i, c in enumerate(continuations):
+        lp = full_logprobs(model, prompt, c, 0.7)
+        assert torch.allclose(shared[i, :len(c)], lp, atol=1e-5)
+        assert torch.all(shared[i, len(c):] == 0)
+        total = total + (lp * weights[i, :len(c)]).sum()
+    total.backward()
+    for n, p in model.named_parameters():
+        assert torch.allclose(grads_shared[n], p.grad, atol=1e-5), n
