@@ -1,10 +1,12 @@
 import gzip
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the top-level scripts (train_grpo.py) are importable
 
 
 def _unpack_tokenizer(src: Path, dst: Path, vocab_gz: Path) -> Path:

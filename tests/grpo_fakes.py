@@ -1,0 +1,56 @@
+"""Deterministic stand-ins for the trainer tests: a tiny HF-format policy folder and synthetic rollout groups
+with varied rewards (a random policy's rollouts are all invalid, so they would never move the weights)."""
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from agenticrec.agent import Trajectory
+from agenticrec.data import load_dataset
+from agenticrec.model import Qwen3, Qwen3Config, save_pretrained
+from agenticrec.preset import preset_tokenizer
+
+VOCAB = 600
+
+
+def tiny_config() -> Qwen3Config:
+    return Qwen3Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=2, num_key_value_heads=1, head_dim=16, tie_word_embeddings=True)
+
+
+def tiny_policy_folder(folder: Path) -> Path:
+    """A random tiny Qwen3 with the preset BPE tokenizer (trained on beauty2023 titles), as an HF folder."""
+    tokenizer = preset_tokenizer(load_dataset("beauty2023"), folder / "tokenizer", vocab_size=VOCAB)
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    assert len(tokenizer) <= cfg.vocab_size
+    save_pretrained(Qwen3(cfg), folder / "model")
+    for file in (folder / "tokenizer").iterdir():
+        (folder / "model" / file.name).write_bytes(file.read_bytes())
+    return folder / "model"
+
+
+def synthetic_group(instance, step: int, group_size: int, key: int) -> list[Trajectory]:
+    """A group whose ids, masks and rewards depend only on (instance, step, key)."""
+    digest = hashlib.sha256(repr((instance.user, instance.target, step, key)).encode()).hexdigest()
+    g = torch.Generator().manual_seed(int(digest[:8], 16))  # not hash(): it is salted per process
+    prompt = torch.randint(0, VOCAB, (int(torch.randint(5, 12, (1,), generator=g)),), generator=g).tolist()
+    group = []
+    for _ in range(group_size):
+        n = int(torch.randint(2, 9, (1,), generator=g))
+        continuation = torch.randint(0, VOCAB, (n,), generator=g).tolist()
+        mask = [0] * len(prompt) + [int(b) for b in (torch.rand(n, generator=g) < 0.7).tolist()]
+        t = Trajectory(instance, 0, prompt + continuation, mask, [0.0] * len(mask), len(prompt))
+        t.reward = float([-1.0, -0.5, 0.4, 1.1][int(torch.randint(0, 4, (1,), generator=g))])
+        t.invalid_reason = "no_action" if t.reward == -1.0 else None
+        group.append(t)
+    return group
+
+
+def fake_collect_groups(rollout, stream, cfg, step, info):
+    """Drop-in for train_grpo.collect_groups: consumes the data stream like the real one."""
+    need = cfg.batch_size // info.world
+    instances = stream.take(need)
+    groups = [synthetic_group(x, step, cfg.group_size, stream.position) for x in instances]
+    return groups, [1.0] * need, [t for g in groups for t in g], 0, 0
