@@ -81,6 +81,8 @@ class Config:
     drop_all_negative: bool = True  # dynamic sampling: drop groups whose rewards are all negative
     drop_all_equal: bool = False  # also drop groups with zero reward variance
     refill_rounds: int = 3  # extra rollout rounds to refill dropped groups
+    rollout_groups: int = 0  # groups per engine call (bounds the KV cache); 0 = all of this rank's groups at once
+    activation_checkpointing: bool = False  # recompute each decoder layer in the backward pass (long contexts)
     eval_every: int = 0  # steps between valid evaluations (0 = only before and after training)
     eval_instances: int = 1000  # valid instances per evaluation (greedy)
     checkpoint_every: int = 50  # steps between checkpoints
@@ -190,8 +192,11 @@ def collect_groups(rollout: Rollout, stream: DataStream, cfg: Config, step: int,
     kept, dropped, all_trajectories = [], [], []
     for round_ in range(1 + cfg.refill_rounds):
         instances = stream.take(need - len(kept))
-        seed = int(hashlib.sha256(f"{cfg.seed}-{step}-{info.rank}-{round_}".encode()).hexdigest()[:8], 16)
-        trajectories = rollout.run(instances, group_size=cfg.group_size, seed=seed)
+        chunk = cfg.rollout_groups or len(instances)
+        trajectories = []
+        for c in range(0, len(instances), chunk):
+            seed = int(hashlib.sha256(f"{cfg.seed}-{step}-{info.rank}-{round_}-{c}".encode()).hexdigest()[:8], 16)
+            trajectories += rollout.run(instances[c:c + chunk], group_size=cfg.group_size, seed=seed)
         all_trajectories += trajectories
         groups = [trajectories[g * cfg.group_size:(g + 1) * cfg.group_size] for g in range(len(instances))]
         rewards = torch.tensor([[t.reward for t in group] for group in groups])
@@ -399,6 +404,7 @@ def main(argv=None) -> None:
     ref_model = None
     if cfg.kl_coef > 0:
         ref_model = D.shard(_frozen_copy(model), info, cfg.dtype == "bfloat16")
+    model.activation_checkpointing = cfg.activation_checkpointing
     model = D.shard(model, info, cfg.dtype == "bfloat16")
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))

@@ -32,6 +32,7 @@ from typing import Protocol
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from agenticrec import safetensors_io
@@ -247,6 +248,7 @@ class Qwen3(nn.Module):
             norm=RMSNorm(cfg.hidden_size, cfg.rms_norm_eps),
         ))
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.activation_checkpointing = False  # recompute each layer in the backward pass (training long contexts)
         self.tie_weights()
         if not any(p.is_meta for p in self.parameters()):
             self.reset_parameters()
@@ -289,7 +291,11 @@ class Qwen3(nn.Module):
             if kv_len > T:  # some row continues a cached context (kv_len == T: all rows start at 0, plain causal)
                 mask = causal_mask(positions, kv_len)
         for layer in self.model["layers"]:
-            x = layer(x, cos, sin, positions, mask, kv_cache, kv_len)
+            if self.activation_checkpointing and torch.is_grad_enabled():  # keep only layer inputs for backward
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, positions, mask, kv_cache, kv_len,
+                                                      use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, positions, mask, kv_cache, kv_len)
         return self.model["norm"](x)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None, kv_cache: KVCache | None = None,

@@ -13,16 +13,17 @@ import torch
 
 
 class PrefixCache:
-    """The KV-cache protocol over a shared prefix with autograd: the first pass (batch 1) records each layer's
-    keys / values; later passes attend to cat(prefix expanded to their batch, their own keys / values)."""
+    """The KV-cache protocol over a shared prefix with autograd: the prefix pass (positions from 0, batch 1)
+    records each layer's keys / values; later passes attend to cat(prefix expanded to their batch, their own).
+    Which pass it is follows from the arguments alone (kv_len == chunk length <=> positions start at 0), so
+    activation checkpointing can recompute either pass."""
 
     def __init__(self):
         self.k: dict[int, torch.Tensor] = {}
         self.v: dict[int, torch.Tensor] = {}
-        self.recording = True
 
     def update(self, layer_idx, positions, k, v, kv_len):
-        if self.recording:
+        if kv_len == k.shape[2]:  # the prefix pass
             self.k[layer_idx], self.v[layer_idx] = k, v
             return k, v
         B = k.shape[0]
@@ -44,7 +45,6 @@ def group_logprobs(model, prompt: list[int], continuations: list[list[int]], tem
     first_lp = (prompt_logits.float() / temperature).log_softmax(-1)[0, first[:, 0]][:, None]  # [G, 1]
     if L == 1:
         return first_lp
-    cache.recording = False
     ids = torch.tensor([c + [0] * (L - len(c)) for c in continuations], device=device)  # [G, L]
     positions = (P + torch.arange(L - 1, device=device)).expand(G, L - 1)
     rest_lp = model(ids[:, :-1], positions, cache, targets=ids[:, 1:], temperature=temperature)  # [G, L - 1]

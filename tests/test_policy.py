@@ -37,3 +37,17 @@ def test_group_logprobs_equal_separate_passes_and_gradients_match():
     total.backward()
     for n, p in model.named_parameters():
         assert torch.allclose(grads_shared[n], p.grad, atol=1e-5), n
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    model = tiny_model()
+    g = torch.Generator().manual_seed(2)
+    prompt = torch.randint(0, 97, (20,), generator=g).tolist()
+    continuations = [torch.randint(0, 97, (6,), generator=g).tolist() for _ in range(3)]
+    grads = []
+    for flag in (False, True):
+        model.zero_grad()
+        model.activation_checkpointing = flag
+        group_logprobs(model, prompt, continuations).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
