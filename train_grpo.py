@@ -230,16 +230,16 @@ def update(model, ref_model, optimizer, groups, weights, cfg: Config, info: D.Di
     old = None
     if cfg.mu > 1:
         with torch.no_grad():
-            old = [group_logprobs(model, p, c, cfg.temperature) for p, c, _ in batches]
+            old = [group_logprobs(model, p, c, cfg.temperature, m) for p, c, m in batches]
     refs = [None] * len(batches)
     if ref_model is not None:
         with torch.no_grad():
-            refs = [group_logprobs(ref_model, p, c, cfg.temperature) for p, c, _ in batches]
+            refs = [group_logprobs(ref_model, p, c, cfg.temperature, m) for p, c, m in batches]
     metrics = Counter()
     for _ in range(cfg.mu):
         optimizer.zero_grad(set_to_none=True)
         for i, (prompt, continuations, mask) in enumerate(batches):
-            logp = group_logprobs(model, prompt, continuations, cfg.temperature)
+            logp = group_logprobs(model, prompt, continuations, cfg.temperature, mask)
             old_logp = old[i] if old is not None else logp.detach()
             loss, m = grpo_loss(logp, old_logp, advantages[i].to(logp.device), mask, normalizer, refs[i],
                                 cfg.clip_eps, cfg.kl_coef, cfg.kl_estimator, cfg.aggregation)

@@ -300,14 +300,20 @@ class Qwen3(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None, kv_cache: KVCache | None = None,
                 *, last_index: torch.Tensor | None = None, targets: torch.Tensor | None = None,
-                temperature: float = 1.0) -> torch.Tensor:
+                target_mask: torch.Tensor | None = None, temperature: float = 1.0) -> torch.Tensor:
         """Logits [B, T, V]; or, with ``last_index`` [B], the logits at one position per row [B, V] (generation);
         or, with ``targets`` [B, T], log softmax(logits / temperature) of each target id [B, T] (training), computed
-        in chunks so that the [B, T, V] logits never exist at once. Everything runs inside ``forward`` so that
-        FSDP's hooks gather the embedding, final norm and LM head too."""
+        in chunks so that the [B, T, V] logits never exist at once; ``target_mask`` [B, T] restricts the LM head
+        to the positions that matter (0 elsewhere: a loss over sampled tokens needs no logits for observations).
+        Everything runs inside ``forward`` so that FSDP's hooks gather the embedding, final norm and LM head too."""
         hidden = self.hidden_states(input_ids, positions, kv_cache)
         if last_index is not None:
             return self.lm_head(hidden[torch.arange(len(hidden), device=hidden.device), last_index])
+        if targets is not None and target_mask is not None:
+            out = hidden.new_zeros(targets.shape, dtype=torch.float)
+            out[target_mask] = token_logprobs(self.lm_head, hidden[target_mask][None], targets[target_mask][None],
+                                              temperature)[0]
+            return out
         if targets is not None:
             return token_logprobs(self.lm_head, hidden, targets, temperature)
         return self.lm_head(hidden)

@@ -32,9 +32,11 @@ class PrefixCache:
         return torch.cat([prefix_k, k], dim=2), torch.cat([prefix_v, v], dim=2)
 
 
-def group_logprobs(model, prompt: list[int], continuations: list[list[int]], temperature: float = 1.0) -> torch.Tensor:
+def group_logprobs(model, prompt: list[int], continuations: list[list[int]], temperature: float = 1.0,
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
     """log pi(token) at ``temperature`` for every token of every continuation, [G, L] (L = the longest; padding
-    positions hold 0). Token j of continuation g is scored given prompt + continuation[:j]."""
+    positions hold 0). Token j of continuation g is scored given prompt + continuation[:j]. With ``mask`` [G, L],
+    only positions where it is nonzero are scored (the others hold 0): observations need no LM head."""
     device = next(model.parameters()).device
     P, G = len(prompt), len(continuations)
     L = max(len(c) for c in continuations)
@@ -47,7 +49,9 @@ def group_logprobs(model, prompt: list[int], continuations: list[list[int]], tem
         return first_lp
     ids = torch.tensor([c + [0] * (L - len(c)) for c in continuations], device=device)  # [G, L]
     positions = (P + torch.arange(L - 1, device=device)).expand(G, L - 1)
-    rest_lp = model(ids[:, :-1], positions, cache, targets=ids[:, 1:], temperature=temperature)  # [G, L - 1]
+    wanted = None if mask is None else mask[:, 1:].to(device) > 0
+    rest_lp = model(ids[:, :-1], positions, cache, targets=ids[:, 1:], target_mask=wanted,
+                    temperature=temperature)  # [G, L - 1]
     lengths = torch.tensor([len(c) for c in continuations], device=device)
     valid = torch.arange(L, device=device)[None] < lengths[:, None]
     return torch.cat([first_lp, rest_lp], dim=1) * valid

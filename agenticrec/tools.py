@@ -171,6 +171,12 @@ class Toolbox:
         text = str(reference).strip().strip("[]").strip()
         if not text:
             raise ToolError("empty item name")
+        history_ref = re.fullmatch(r"[hH](\d{1,3})", text)
+        if history_ref:  # "h3": the third history item, as the prompt numbers them
+            number = int(history_ref[1])
+            if not 1 <= number <= len(context.history):
+                raise ToolError(f"there is no history item {number} (history items are h1..h{len(context.history)})")
+            return context.history[number - 1]
         if re.fullmatch(r"\d{1,3}", text):
             number = int(text)
             if not 1 <= number <= len(context.candidates):
@@ -304,11 +310,17 @@ def candidates_analyze(box: Toolbox, ctx: ToolContext) -> str:
     for c in ctx.candidates:
         key = (box.category(c) or "uncategorised") if has_categories else _popularity_tier(box, c)
         groups.setdefault(key, []).append(c)
-    lines = [] if has_categories else ["No categories in this dataset; grouped by popularity."]
-    for key, items in sorted(groups.items(), key=lambda kv: -len(kv[1])):
-        entries = ", ".join(f"[{ctx.candidates.index(c) + 1}]{_price(box, c)} pop {box.popularity[c]}" for c in items)
+    lines = [] if has_categories else ["No categories in this dataset; by popularity, most popular first."]
+    order = sorted(groups.items(), key=lambda kv: -len(kv[1])) if has_categories else \
+        sorted(groups.items(), key=lambda kv: TIERS.index(kv[0]))
+    for key, items in order:
+        ranked = items if has_categories else sorted(items, key=lambda c: -box.popularity[c])
+        entries = ", ".join(f"[{ctx.candidates.index(c) + 1}]{_price(box, c)} pop {box.popularity[c]}" for c in ranked)
         lines.append(f"{key} ({len(items)}): {entries}")
     return "\n".join(lines)
+
+
+TIERS = ["popular (top 10%)", "mid (top 50%)", "niche"]
 
 
 def _popularity_tier(box: Toolbox, item: int) -> str:
@@ -379,7 +391,8 @@ def get_similar_users(box: Toolbox, ctx: ToolContext) -> str:
     return f"Recent items of the 5 most similar users: {shown}.\nCandidates among them: {picked}."
 
 
-ITEM_ARG = {"type": ["string", "integer"], "description": "an item title, or a candidate number"}
+ITEM_ARG = {"type": ["string", "integer"],
+            "description": "an item title, a candidate number, or h<k> for the k-th history item"}
 TOOLS = [
     Tool("get_user_profile", "The user's long-term profile: main interests, brands, price range, popularity taste.",
          {}, (), get_user_profile),

@@ -4,10 +4,11 @@ Not in the paper. The paper starts GRPO from Qwen3-4B-Instruct, a model that alr
 call tools and can rank a little. No such model can be downloaded here, so the CPU preset manufactures one: a tiny
 Qwen3 is trained to imitate an expert that
 
-- knows the format: thinks briefly, calls one or two tools with valid arguments, answers with K distinct numbers;
-- uses the evidence poorly: it picks tools at random and ranks the candidates by POPULARITY, whatever the tools
-  said (NDCG@10 ~0.51 on Games), while ``get_similar_items`` / ``get_similar_users`` expose SASRec's
-  collaborative evidence (a ranker worth ~0.64).
+- knows the format: thinks briefly, calls ``candidates_analyze`` and often ``get_similar_items`` (on ``h<k>``, the
+  latest history item), answers with K distinct numbers;
+- uses the evidence poorly: it ranks the candidates by POPULARITY, copied from ``candidates_analyze``'s
+  observation (NDCG@10 ~0.51 on Games), and only rarely lets ``get_similar_items`` (SASRec's collaborative
+  evidence, a ranker worth ~0.64) reorder them.
 
 That gap is the headroom GRPO must find: call the informative tools and let their output reorder the answer
 (../shared/cpu-preset-notes.md: an expert that copies a perfect tool leaves GRPO nothing to learn, and an
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import time
 from dataclasses import dataclass
 
@@ -44,31 +46,50 @@ class WarmStartConfig:
     check_every: int = 50  # steps between gate checks
     gate_valid_rate: float = 0.9  # greedy valid-answer rate required on the gate instances
     gate_instances: int = 32
-    tool_probability: float = 0.85  # the expert calls at least one tool with this probability
+    evidence_use: float = 0.2  # how often the expert lets get_similar_items reorder its answer
     seed: int = 0
 
 
 def expert_trajectory(tokenizer, data: Dataset, toolbox: Toolbox, instance: Instance, cfg: AgentConfig,
-                      rng: random.Random, tool_probability: float = 0.85) -> tuple[list[int], list[int]]:
-    """(ids, loss mask) of one expert trajectory, built exactly as the rollout builds a policy's."""
+                      rng: random.Random, evidence_use: float = 0.2) -> tuple[list[int], list[int]]:
+    """(ids, loss mask) of one expert trajectory, built exactly as the rollout builds a policy's.
+
+    The expert always calls ``candidates_analyze`` (whose observation lists the candidates most popular first),
+    calls ``get_similar_items`` on the latest history item half of the time, and answers with the popularity
+    order copied from the first observation. Only with probability ``evidence_use`` does it put the similar
+    candidates first: the skill exists in the data, rarely used, for GRPO to amplify.
+    """
     ids = build_prompt(tokenizer, instance, data, toolbox, cfg)
     mask = [0] * len(ids)
     context = context_for(instance, data)
-    n_calls = rng.choice([1, 1, 2]) if rng.random() < tool_probability else 0
-    for _ in range(n_calls):
-        tool = rng.choice(toolbox.tools)
-        arguments = {p: rng.choice([data.title(rng.choice(instance.history)), rng.randint(1, len(instance.candidates))])
-                     for p in tool.parameters}
-        turn = tokenizer.encode(f"<think>I will use {tool.name}.</think>\n" + tool_call_text(tool.name, arguments),
+    calls = [("candidates_analyze", {})]
+    if "get_similar_items" in toolbox.names and rng.random() < 0.5:
+        calls.append(("get_similar_items", {"item_title": f"h{len(instance.history)}"}))
+    observations = {}
+    for name, arguments in calls:
+        turn = tokenizer.encode(f"<think>I will use {name}.</think>\n" + tool_call_text(name, arguments),
                                 add_special_tokens=False)
-        forced = tool_response_ids(tokenizer, [toolbox.call(tool.name, arguments, context).text])
+        observations[name] = toolbox.call(name, arguments, context).text
+        forced = tool_response_ids(tokenizer, [observations[name]])
         ids, mask = ids + turn + forced, mask + [1] * len(turn) + [0] * len(forced)
+    order = _numbers(observations["candidates_analyze"])
+    reason = "popularity"
+    if "get_similar_items" in observations and rng.random() < evidence_use:
+        similar = _numbers(observations["get_similar_items"].split("Most similar candidates:")[-1])
+        order, reason = similar + [n for n in order if n not in similar], "similarity, then popularity"
     k = min(cfg.answer_length, len(instance.candidates))
-    by_popularity = sorted(range(len(instance.candidates)), key=lambda j: -toolbox.popularity[instance.candidates[j]])
-    answer = [j + 1 for j in by_popularity[:k]]
-    turn = tokenizer.encode(f"<think>I rank by popularity.</think>\n<answer>\\boxed{{{answer}}}</answer>{IM_END}",
+    turn = tokenizer.encode(f"<think>I rank by {reason}.</think>\n<answer>\\boxed{{{order[:k]}}}</answer>{IM_END}",
                             add_special_tokens=False)
     return ids + turn, mask + [1] * len(turn)
+
+
+def _numbers(observation: str) -> list[int]:
+    """Candidate numbers in the order an observation mentions them ("[12]" -> 12), each once."""
+    seen: list[int] = []
+    for n in map(int, re.findall(r"\[(\d+)\]", observation)):
+        if n not in seen:
+            seen.append(n)
+    return seen
 
 
 def sft_loss(model, batch: list[tuple[list[int], list[int]]], device) -> torch.Tensor:
@@ -76,7 +97,7 @@ def sft_loss(model, batch: list[tuple[list[int], list[int]]], device) -> torch.T
     width = max(len(ids) for ids, _ in batch)
     ids = torch.tensor([i + [0] * (width - len(i)) for i, _ in batch], device=device)
     mask = torch.tensor([m + [0] * (width - len(m)) for _, m in batch], device=device, dtype=torch.float)
-    logp = model(ids[:, :-1], targets=ids[:, 1:])
+    logp = model(ids[:, :-1], targets=ids[:, 1:], target_mask=mask[:, 1:] > 0)  # LM head on sampled tokens only
     return -(logp * mask[:, 1:]).sum() / mask[:, 1:].sum()
 
 
@@ -97,7 +118,7 @@ def warm_start(model, tokenizer, data: Dataset, toolbox: Toolbox, train: list[In
     model.train()
     start, history, rate = time.perf_counter(), [], 0.0
     for step in range(1, cfg.max_steps + 1):
-        batch = [expert_trajectory(tokenizer, data, toolbox, rng.choice(train), agent_cfg, rng, cfg.tool_probability)
+        batch = [expert_trajectory(tokenizer, data, toolbox, rng.choice(train), agent_cfg, rng, cfg.evidence_use)
                  for _ in range(cfg.batch_size)]
         loss = sft_loss(model, batch, device)
         optimizer.zero_grad()

@@ -51,3 +51,15 @@ def test_activation_checkpointing_gives_the_same_gradients():
         group_logprobs(model, prompt, continuations).sum().backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
+
+
+def test_masked_scoring_equals_full_scoring_on_the_masked_positions():
+    model = tiny_model()
+    g = torch.Generator().manual_seed(3)
+    prompt = torch.randint(0, 97, (15,), generator=g).tolist()
+    continuations = [torch.randint(0, 97, (n,), generator=g).tolist() for n in (7, 4)]
+    mask = torch.tensor([[1, 1, 0, 0, 1, 1, 1], [1, 0, 1, 1, 0, 0, 0]], dtype=torch.float)
+    full = group_logprobs(model, prompt, continuations)
+    part = group_logprobs(model, prompt, continuations, mask=mask)
+    assert torch.allclose(part[:, 1:][mask[:, 1:] > 0], full[:, 1:][mask[:, 1:] > 0], atol=1e-6)
+    assert torch.all(part[:, 1:][mask[:, 1:] == 0] == 0)

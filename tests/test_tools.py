@@ -84,6 +84,7 @@ def test_item_info_search_by_title_fuzzy_title_and_candidate_number(box):
         "[2] Zelda Breath of the Wild; categories: Games > Adventure; brand: Nintendo; popularity: 1 past "
         "interactions (rank 7 of 8). Not available in this dataset: price, rating.")
     assert call(box, "item_info_search", item_name=3).startswith("[3] Tetris; categories: Games > Puzzle;")
+    assert call(box, "item_info_search", item_name="h1") == full  # history item 1 is Halo 3
 
 
 def test_candidates_analyze(box):
@@ -124,8 +125,9 @@ def test_datasets_without_ratings_or_categories_say_so(box):
     for item in data.items:
         item.pop("categories", None)
     plain = Toolbox(data, None)
-    assert plain.call("candidates_analyze", {}, CTX).text.startswith(
-        "No categories in this dataset; grouped by popularity.")
+    assert plain.call("candidates_analyze", {}, CTX).text == (
+        "No categories in this dataset; by popularity, most popular first.\n"
+        "mid (top 50%) (1): [4] $50 pop 2\nniche (4): [1] $60 pop 1, [2] pop 1, [5] $40 pop 1, [3] pop 0")
     assert "get_similar_items" not in plain.names  # no SASRec: the collaborative tools are not offered
 
 
@@ -133,6 +135,7 @@ def test_datasets_without_ratings_or_categories_say_so(box):
     ("item_info_search", {"item_name": ""}, "empty item name"),
     ("item_info_search", {"item_name": "Minecraft"}, "no item matches 'Minecraft'"),
     ("item_info_search", {"item_name": 9}, "there is no candidate 9 (candidates are 1..5)"),
+    ("item_info_search", {"item_name": "h6"}, "there is no history item 6 (history items are h1..h5)"),
     ("item_info_search", {"item_name": ["Halo 3"]}, "expected an item title or a candidate number, got list"),
     ("item_info_search", {"item_name": True}, "expected an item title or a candidate number, got bool"),
     ("item_info_search", {}, "item_info_search needs the argument 'item_name'"),
