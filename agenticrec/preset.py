@@ -22,7 +22,7 @@ def preset_config(tokenizer) -> Qwen3Config:
                        pad_token_id=tokenizer.pad_token_id, **PRESET_MODEL)
 
 
-def preset_tokenizer(data, folder, vocab_size: int = 4096):
+def preset_tokenizer(data, folder, vocab_size: int = 4096, split_digits: bool = True):
     """The preset's byte-level BPE, trained on the dataset's item titles and the agent's fixed texts (system
     prompts, tool schemas, answer format), saved as a Hugging Face tokenizer folder; reused when present."""
     import json
@@ -40,4 +40,6 @@ def preset_tokenizer(data, folder, vocab_size: int = 4096):
              "<answer>\\boxed{[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}</answer>",
              *(tool_call_text(t.name, {p: "Halo 3" for p in t.parameters}) for t in TOOLS)]
     titles = [data.title(i) for i in range(len(data.items))]
-    return train_bpe_tokenizer(fixed * 200 + titles, folder, vocab_size=vocab_size)
+    numbers = [f"[{i}] " + ", ".join(str((i * 7 + j) % 20 + 1) for j in range(10)) for i in range(1, 21)]
+    return train_bpe_tokenizer(fixed * 200 + numbers * 50 + titles, folder, vocab_size=vocab_size,
+                               split_digits=split_digits)

@@ -60,20 +60,22 @@ def load_tokenizer(folder: str | Path):
     return tokenizer
 
 
-def train_bpe_tokenizer(texts: Iterable[str], folder: str | Path, vocab_size: int = 4096):
+def train_bpe_tokenizer(texts: Iterable[str], folder: str | Path, vocab_size: int = 4096, split_digits: bool = True):
     """Train a byte-level BPE on ``texts`` and save it as a Hugging Face tokenizer folder; return it loaded.
 
-    Same pre-tokenizer as Qwen3 (so digits are single tokens, which keeps candidate indices easy to emit), the
-    same control tokens, ``<|im_end|>`` as EOS and ``<|endoftext|>`` as padding, and Qwen3's chat template so that
-    ``apply_chat_template`` works on it too.
+    Same pre-tokenizer as Qwen3 (digits one by one), the same control tokens, ``<|im_end|>`` as EOS and
+    ``<|endoftext|>`` as padding, and Qwen3's chat template so that ``apply_chat_template`` works on it too.
+    ``split_digits=False`` keeps digit runs whole, so that frequent numbers (candidate numbers 1-20) become single
+    tokens: a tiny model then copies a ranking number by number instead of digit by digit.
     """
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     bpe = Tokenizer(models.BPE())
     bpe.normalizer = normalizers.NFC()
+    pattern = QWEN_SPLIT_PATTERN if split_digits else QWEN_SPLIT_PATTERN.replace(r"|\p{N}|", r"|\p{N}+|")
     bpe.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN_SPLIT_PATTERN), behavior="isolated"),
+        pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     bpe.decoder = decoders.ByteLevel()

@@ -22,6 +22,7 @@ import logging
 import random
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,12 +102,14 @@ def sft_loss(model, batch: list[tuple[list[int], list[int]]], device) -> torch.T
     return -(logp * mask[:, 1:]).sum() / mask[:, 1:].sum()
 
 
-def valid_rate(model, tokenizer, data, toolbox, instances, cfg: AgentConfig) -> float:
+def valid_rate(model, tokenizer, data, toolbox, instances, cfg: AgentConfig) -> tuple[float, dict]:
+    """Greedy valid-answer rate on ``instances`` and the count of each invalid reason."""
     greedy = AgentConfig(**{**cfg.__dict__, "temperature": 0.0})
     model.eval()
     trajectories = Rollout(Engine(model, greedy.max_context), tokenizer, data, toolbox, greedy).run(instances)
     model.train()
-    return float(np.mean([t.invalid_reason is None for t in trajectories]))
+    reasons = Counter(t.invalid_reason for t in trajectories if t.invalid_reason)
+    return float(np.mean([t.invalid_reason is None for t in trajectories])), dict(reasons)
 
 
 def warm_start(model, tokenizer, data: Dataset, toolbox: Toolbox, train: list[Instance], gate: list[Instance],
@@ -126,9 +129,10 @@ def warm_start(model, tokenizer, data: Dataset, toolbox: Toolbox, train: list[In
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         if step % cfg.check_every == 0:
-            rate = valid_rate(model, tokenizer, data, toolbox, gate[:cfg.gate_instances], agent_cfg)
-            history.append({"step": step, "loss": loss.item(), "valid_rate": rate})
-            log.info("warm start step %d: loss %.3f, greedy valid rate %.2f", step, loss.item(), rate)
+            rate, reasons = valid_rate(model, tokenizer, data, toolbox, gate[:cfg.gate_instances], agent_cfg)
+            history.append({"step": step, "loss": loss.item(), "valid_rate": rate, "invalid": reasons})
+            log.info("warm start step %d: loss %.3f, greedy valid rate %.2f, invalid %s", step, loss.item(), rate,
+                     reasons)
             if rate >= cfg.gate_valid_rate:
                 break
     model.eval()

@@ -116,3 +116,10 @@ def test_preset_bpe_renders_the_chat_format_like_its_template(preset_tokenizer):
 def test_preset_bpe_round_trips_any_text(preset_tokenizer, text):
     ids = preset_tokenizer.encode(text, add_special_tokens=False)
     assert preset_tokenizer.decode(ids) == unicodedata.normalize("NFC", text)  # byte-level: nothing is unknown
+
+
+def test_preset_bpe_can_keep_numbers_whole(tmp_path):
+    corpus = CORPUS + [f"[{i}] [{i + 1}] {i}, {i + 2}" for i in range(1, 21)] * 20
+    tokenizer = train_bpe_tokenizer(corpus, tmp_path, vocab_size=500, split_digits=False)
+    pieces = [tokenizer.decode([i]) for i in tokenizer.encode("[17] 12, 20", add_special_tokens=False)]
+    assert "17" in pieces and "12" in pieces and "20" in pieces
