@@ -305,27 +305,23 @@ def item_info_search(box: Toolbox, ctx: ToolContext, item_name) -> str:
 
 
 def candidates_analyze(box: Toolbox, ctx: ToolContext) -> str:
-    groups: dict[str, list[int]] = {}
-    has_categories = any(box.category(c) for c in ctx.candidates)
-    for c in ctx.candidates:
-        key = (box.category(c) or "uncategorised") if has_categories else _popularity_tier(box, c)
-        groups.setdefault(key, []).append(c)
-    lines = [] if has_categories else ["No categories in this dataset; by popularity, most popular first."]
-    order = sorted(groups.items(), key=lambda kv: -len(kv[1])) if has_categories else \
-        sorted(groups.items(), key=lambda kv: TIERS.index(kv[0]))
-    for key, items in order:
-        ranked = items if has_categories else sorted(items, key=lambda c: -box.popularity[c])
-        entries = ", ".join(f"[{ctx.candidates.index(c) + 1}]{_price(box, c)} pop {box.popularity[c]}" for c in ranked)
-        lines.append(f"{key} ({len(items)}): {entries}")
+    """The candidates grouped by category with prices, then all of them by popularity as one plain list of
+    numbers (the answer's own format, so a policy can carry the order over directly)."""
+    by_popularity = sorted(range(len(ctx.candidates)), key=lambda j: -box.popularity[ctx.candidates[j]])
+    lines = []
+    if any(box.category(c) for c in ctx.candidates):
+        groups: dict[str, list[int]] = {}
+        for n, c in enumerate(ctx.candidates, 1):
+            groups.setdefault(box.category(c) or "uncategorised", []).append(n)
+        for key, numbers in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+            entries = ", ".join(f"[{n}]{_price(box, ctx.candidates[n - 1])}" for n in numbers)
+            lines.append(f"{key} ({len(numbers)}): {entries}")
+    else:
+        lines.append("No categories in this dataset.")
+    lines.append("By popularity, most popular first: " + ", ".join(str(j + 1) for j in by_popularity))
+    lines.append("Past interactions, same order: " + ", ".join(str(box.popularity[ctx.candidates[j]])
+                                                              for j in by_popularity))
     return "\n".join(lines)
-
-
-TIERS = ["popular (top 10%)", "mid (top 50%)", "niche"]
-
-
-def _popularity_tier(box: Toolbox, item: int) -> str:
-    share = box.pop_rank[item] / len(box.data.items)
-    return "popular (top 10%)" if share <= 0.1 else "mid (top 50%)" if share <= 0.5 else "niche"
 
 
 def _price(box: Toolbox, item: int) -> str:
@@ -373,8 +369,10 @@ def get_similar_items(box: Toolbox, ctx: ToolContext, item_title) -> str:
     top = np.argpartition(-sims, 3)[:3]
     neighbours = "; ".join(box.label(int(i), ctx, width=50) for i in top[np.argsort(-sims[top])])
     candidates = sorted(((float(sims[c]), n) for n, c in enumerate(ctx.candidates, 1) if c != item), reverse=True)
-    ranked = ", ".join(f"[{n}] {s:.2f}" for s, n in candidates[:5])
-    return f"Most similar to {box.label(item, ctx, width=50)}: {neighbours}.\nMost similar candidates: {ranked}."
+    numbers = ", ".join(str(n) for _, n in candidates[:5])
+    scores = ", ".join(f"{s:.2f}" for s, _ in candidates[:5])
+    return (f"Most similar to {box.label(item, ctx, width=50)}: {neighbours}.\n"
+            f"Most similar candidates: {numbers} (cosine {scores}).")
 
 
 def get_similar_users(box: Toolbox, ctx: ToolContext) -> str:
@@ -398,7 +396,7 @@ TOOLS = [
          {}, (), get_user_profile),
     Tool("item_info_search", "Metadata of one item: category, brand, price, rating and popularity.",
          {"item_name": ITEM_ARG}, ("item_name",), item_info_search),
-    Tool("candidates_analyze", "Overview of the candidate set, grouped by category (or popularity) with prices.",
+    Tool("candidates_analyze", "Overview of the candidate set: by category with prices, and by popularity.",
          {}, (), candidates_analyze),
     Tool("get_session_behavior", "How the user's interests moved over recent sessions.", {}, (),
          get_session_behavior),

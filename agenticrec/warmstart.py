@@ -73,10 +73,10 @@ def expert_trajectory(tokenizer, data: Dataset, toolbox: Toolbox, instance: Inst
         observations[name] = toolbox.call(name, arguments, context).text
         forced = tool_response_ids(tokenizer, [observations[name]])
         ids, mask = ids + turn + forced, mask + [1] * len(turn) + [0] * len(forced)
-    order = _numbers(observations["candidates_analyze"])
+    order = _listed(observations["candidates_analyze"], "By popularity, most popular first:")
     reason = "popularity"
     if "get_similar_items" in observations and rng.random() < evidence_use:
-        similar = _numbers(observations["get_similar_items"].split("Most similar candidates:")[-1])
+        similar = _listed(observations["get_similar_items"], "Most similar candidates:")
         order, reason = similar + [n for n in order if n not in similar], "similarity, then popularity"
     k = min(cfg.answer_length, len(instance.candidates))
     turn = tokenizer.encode(f"<think>I rank by {reason}.</think>\n<answer>\\boxed{{{order[:k]}}}</answer>{IM_END}",
@@ -84,13 +84,10 @@ def expert_trajectory(tokenizer, data: Dataset, toolbox: Toolbox, instance: Inst
     return ids + turn, mask + [1] * len(turn)
 
 
-def _numbers(observation: str) -> list[int]:
-    """Candidate numbers in the order an observation mentions them ("[12]" -> 12), each once."""
-    seen: list[int] = []
-    for n in map(int, re.findall(r"\[(\d+)\]", observation)):
-        if n not in seen:
-            seen.append(n)
-    return seen
+def _listed(observation: str, label: str) -> list[int]:
+    """The comma-separated candidate numbers that follow ``label`` on its line of an observation."""
+    line = observation.split(label, 1)[1].split("\n", 1)[0].split("(", 1)[0]
+    return [int(n) for n in re.findall(r"\d+", line)]
 
 
 def sft_loss(model, batch: list[tuple[list[int], list[int]]], device) -> torch.Tensor:

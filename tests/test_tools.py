@@ -89,8 +89,8 @@ def test_item_info_search_by_title_fuzzy_title_and_candidate_number(box):
 
 def test_candidates_analyze(box):
     assert call(box, "candidates_analyze") == (
-        "Racing (2): [4] $50 pop 2, [5] $40 pop 1\nPlatformer (1): [1] $60 pop 1\n"
-        "Adventure (1): [2] pop 1\nPuzzle (1): [3] pop 0")
+        "Racing (2): [4] $50, [5] $40\nPlatformer (1): [1] $60\nAdventure (1): [2]\nPuzzle (1): [3]\n"
+        "By popularity, most popular first: 4, 1, 2, 5, 3\nPast interactions, same order: 2, 1, 1, 1, 0")
 
 
 def test_get_session_behavior(box):
@@ -107,7 +107,7 @@ def test_get_rating_behavior(box):
 def test_get_similar_items(box):
     assert call(box, "get_similar_items", item_title="Mario Kart 8") == (
         "Most similar to [4] Mario Kart 8: [1] Super Mario Odyssey; [5] Forza Horizon; [2] Zelda Breath of the "
-        "Wild.\nMost similar candidates: [1] 0.97, [5] 0.71, [2] 0.60, [3] 0.00.")
+        "Wild.\nMost similar candidates: 1, 5, 2, 3 (cosine 0.97, 0.71, 0.60, 0.00).")
 
 
 def test_get_similar_users(box):
@@ -126,8 +126,8 @@ def test_datasets_without_ratings_or_categories_say_so(box):
         item.pop("categories", None)
     plain = Toolbox(data, None)
     assert plain.call("candidates_analyze", {}, CTX).text == (
-        "No categories in this dataset; by popularity, most popular first.\n"
-        "mid (top 50%) (1): [4] $50 pop 2\nniche (4): [1] $60 pop 1, [2] pop 1, [5] $40 pop 1, [3] pop 0")
+        "No categories in this dataset.\nBy popularity, most popular first: 4, 1, 2, 5, 3\n"
+        "Past interactions, same order: 2, 1, 1, 1, 0")
     assert "get_similar_items" not in plain.names  # no SASRec: the collaborative tools are not offered
 
 
