@@ -148,8 +148,12 @@ def build_policy(cfg: Config, data, toolbox, agent_cfg, info, out: Path):
         report = warm_start(model, tokenizer, data, toolbox, load_instances(data.name, "train"),
                             load_instances(data.name, "valid")[-64:], agent_cfg)
         log.info("warm start: %s", {k: v for k, v in report.items() if k != "history"})
-        save_pretrained(model, folder)
         (out / "preset" / "warm_start_report.json").write_text(json.dumps(report, indent=2))
+        if not report["passed_gate"]:  # GRPO on a policy without valid answers sees only -1: nothing to learn
+            save_pretrained(model, out / "preset" / "warm_start_failed")
+            raise SystemExit(f"error: the warm start stopped at step {report['steps']} with a greedy valid rate of "
+                             f"{report['valid_rate']:.2f}, below its gate; see {out / 'preset'}/warm_start_report.json")
+        save_pretrained(model, folder)
     D.barrier(info)
     return load_pretrained(folder, device=info.device), tokenizer
 
