@@ -20,7 +20,7 @@ The G rollouts of one prompt share its prefill: the prompt is encoded once and i
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F

@@ -69,8 +69,8 @@ def main() -> None:
     out = subprocess.run([sys.executable, "-c", MEASURE, str(args.dir)], check=True, capture_output=True, text=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result.update(checkpoint_bytes=size, rss_over_checkpoint=result["peak_rss"] / size)
-    print(f"| checkpoint | params | dtype | load | 16-token forward | peak RSS | peak RSS / checkpoint |")
-    print(f"|---|---|---|---|---|---|---|")
+    print("| checkpoint | params | dtype | load | 16-token forward | peak RSS | peak RSS / checkpoint |")
+    print("|---|---|---|---|---|---|---|")
     print(f"| {size / 1e9:.2f} GB | {result['params'] / 1e9:.2f} B | {result['dtype']} | {result['load_s']:.1f} s "
           f"| {result['forward_s']:.1f} s | {result['peak_rss'] / 1e9:.2f} GB | {result['rss_over_checkpoint']:.3f} "
           f"(goal <= 1.25) |")
