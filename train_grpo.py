@@ -40,7 +40,9 @@ import torch
 from tqdm.auto import tqdm
 
 from agenticrec import distributed as D
-from agenticrec.agent import AgentConfig, Rollout
+from agenticrec.agent import (CONTEXT_LIMIT, TOOL_BUDGET_EXCEEDED, TOOLS_DISABLED, TURN_TOKEN_LIMIT, AgentConfig,
+                              Rollout)
+from agenticrec.parsing import Reason
 from agenticrec.data import load_dataset, load_instances
 from agenticrec.engine import Engine
 from agenticrec.grpo import advantage_stats, group_advantages, grpo_loss, keep_group
@@ -288,23 +290,25 @@ def evaluate(rollout: Rollout, instances, info: D.DistInfo) -> dict:
     return summarize(trajectories, info, prefix="eval_")
 
 
+# every reason a trajectory can be invalid for: the parser's and the agent's own
+INVALID_REASONS = sorted({r.value for r in Reason} | {TOOL_BUDGET_EXCEEDED, TOOLS_DISABLED, TURN_TOKEN_LIMIT,
+                                                      CONTEXT_LIMIT})
+
+
 def summarize(trajectories, info: D.DistInfo, prefix: str = "") -> dict:
     """Rollout statistics, reduced over ranks: reward, metrics, invalid reasons, tool use, tokens."""
     keys = ["n", "reward", "valid", "truncated", "tool_calls", "tool_errors", "prompt", "generated", "observation",
             "H@1", "H@5", "H@10", "N@5", "N@10"] + [f"calls_{t.name}" for t in TOOLS]
-    reasons = sorted({"tool_budget_exceeded", "tools_disabled", "turn_token_limit", "context_limit", "no_action",
-                      "bad_json", "unknown_tool", "duplicate_index", "index_out_of_range", "too_few_items",
-                      "too_many_items", "bad_answer_format", "other"})
     sums = Counter()
     for t in trajectories:
         sums.update({"n": 1, "reward": t.reward, "valid": t.invalid_reason is None,
-                     "truncated": t.invalid_reason in ("turn_token_limit", "context_limit"),
+                     "truncated": t.invalid_reason in (TURN_TOKEN_LIMIT, CONTEXT_LIMIT),
                      "tool_calls": len(t.tool_calls), "tool_errors": t.tool_errors, **t.tokens,
                      **ranking_metrics(t.rank)})
         sums.update(Counter(f"calls_{c.name}" for c in t.tool_calls))
         if t.invalid_reason:
-            sums[f"invalid_{t.invalid_reason if t.invalid_reason in reasons else 'other'}"] += 1
-    names = keys + [f"invalid_{r}" for r in reasons]
+            sums[f"invalid_{t.invalid_reason}"] += 1
+    names = keys + [f"invalid_{r}" for r in INVALID_REASONS]
     totals = dict(zip(names, D.all_reduce_sum([float(sums[k]) for k in names], info)))
     n = max(1.0, totals["n"])
     out = {f"{prefix}{k}": totals[k] / n for k in names if k != "n"}

@@ -214,12 +214,12 @@ class Engine:
 
     @staticmethod
     def _stop_reason(row: Row, params: SamplingParams) -> str | None:
-        turn = row.turn_ids
-        if turn[-1] in params.stop_token_ids:
+        turn_len = len(row.ids) - row.turn_start  # no slicing: this runs once per sampled token
+        if row.ids[-1] in params.stop_token_ids:
             return "stop_token"
-        if any(len(turn) >= len(s) and tuple(turn[-len(s):]) == s for s in params.stop_sequences):
+        if any(turn_len >= len(s) and tuple(row.ids[-len(s):]) == s for s in params.stop_sequences):
             return "stop_sequence"
-        if len(turn) >= params.max_new_tokens:
+        if turn_len >= params.max_new_tokens:
             return "max_new_tokens"
         return None
 

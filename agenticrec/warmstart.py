@@ -18,6 +18,7 @@ valid-answer rate on held-out instances — not after a fixed number of steps.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import re
@@ -101,7 +102,7 @@ def sft_loss(model, batch: list[tuple[list[int], list[int]]], device) -> torch.T
 
 def valid_rate(model, tokenizer, data, toolbox, instances, cfg: AgentConfig) -> tuple[float, dict]:
     """Greedy valid-answer rate on ``instances`` and the count of each invalid reason."""
-    greedy = AgentConfig(**{**cfg.__dict__, "temperature": 0.0})
+    greedy = dataclasses.replace(cfg, temperature=0.0)
     model.eval()
     trajectories = Rollout(Engine(model, greedy.max_context), tokenizer, data, toolbox, greedy).run(instances)
     model.train()
