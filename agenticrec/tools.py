@@ -305,9 +305,9 @@ def item_info_search(box: Toolbox, ctx: ToolContext, item_name) -> str:
 
 
 def candidates_analyze(box: Toolbox, ctx: ToolContext) -> str:
-    """The candidates grouped by category with prices, then all of them by popularity as one plain list of
-    numbers (the answer's own format, so a policy can carry the order over directly)."""
-    by_popularity = sorted(range(len(ctx.candidates)), key=lambda j: -box.popularity[ctx.candidates[j]])
+    """The candidates grouped by category with prices, their past interactions, and then all of them by popularity
+    as the last line (``ordering_line``)."""
+    counts = [float(box.popularity[c]) for c in ctx.candidates]
     lines = []
     if any(box.category(c) for c in ctx.candidates):
         groups: dict[str, list[int]] = {}
@@ -318,10 +318,28 @@ def candidates_analyze(box: Toolbox, ctx: ToolContext) -> str:
             lines.append(f"{key} ({len(numbers)}): {entries}")
     else:
         lines.append("No categories in this dataset.")
-    lines.append("By popularity, most popular first: " + ", ".join(str(j + 1) for j in by_popularity))
-    lines.append("Past interactions, same order: " + ", ".join(str(box.popularity[ctx.candidates[j]])
-                                                              for j in by_popularity))
+    lines.append("Past interactions, most first: " + ", ".join(f"{c:.0f}" for c in sorted(counts, reverse=True)))
+    lines.append(ordering_line("popularity", counts))
     return "\n".join(lines)
+
+
+def ordering_line(criterion: str, scores: list[float]) -> str:
+    """``Candidates by <criterion>, best first: 4, 1, ...``: every candidate number, by score (ties: lower number).
+
+    The ranking tools end with this line, in the answer's own list format and always of full length, so that a
+    policy can carry a tool's whole order over into its answer (the CPU preset's warm start learns exactly that).
+    """
+    order = sorted(range(len(scores)), key=lambda j: (-scores[j], j))
+    return f"Candidates by {criterion}, best first: " + ", ".join(str(j + 1) for j in order)
+
+
+def ordering_of(observation: str) -> list[int] | None:
+    """The candidate numbers of an observation's ``ordering_line`` (its last line), or None when it has none
+    (another tool, or an error observation)."""
+    line = observation.rstrip().rsplit("\n", 1)[-1]
+    if not line.startswith("Candidates by ") or ", best first: " not in line:
+        return None
+    return [int(n) for n in line.split(", best first: ", 1)[1].split(", ")]
 
 
 def _price(box: Toolbox, item: int) -> str:
@@ -365,14 +383,13 @@ def get_rating_behavior(box: Toolbox, ctx: ToolContext) -> str:
 def get_similar_items(box: Toolbox, ctx: ToolContext, item_title) -> str:
     item = box.resolve(item_title, ctx)
     sims = box.item_vectors @ box.item_vectors[item]  # cosine of SASRec item embeddings (train data only)
+    scores = [float(sims[c]) for c in ctx.candidates]
     sims[item] = -np.inf
     top = np.argpartition(-sims, 3)[:3]
     neighbours = "; ".join(box.label(int(i), ctx, width=50) for i in top[np.argsort(-sims[top])])
-    candidates = sorted(((float(sims[c]), n) for n, c in enumerate(ctx.candidates, 1) if c != item), reverse=True)
-    numbers = ", ".join(str(n) for _, n in candidates[:5])
-    scores = ", ".join(f"{s:.2f}" for s, _ in candidates[:5])
     return (f"Most similar to {box.label(item, ctx, width=50)}: {neighbours}.\n"
-            f"Most similar candidates: {numbers} (cosine {scores}).")
+            f"Cosine, most similar first: {', '.join(f'{s:.2f}' for s in sorted(scores, reverse=True))}\n"
+            + ordering_line("similarity", scores))
 
 
 def get_similar_users(box: Toolbox, ctx: ToolContext) -> str:
@@ -386,7 +403,10 @@ def get_similar_users(box: Toolbox, ctx: ToolContext) -> str:
     recent = Counter(i for j in neighbours for i in box.neighbour_recent[j])
     shown = "; ".join(box.label(i, ctx, width=40) for i, _ in recent.most_common(5))
     picked = ", ".join(f"[{ctx.candidates.index(c) + 1}] x{n}" for c, n in counts.most_common()) or "none"
-    return f"Recent items of the 5 most similar users: {shown}.\nCandidates among them: {picked}."
+    user = box.user_vector(ctx.history)  # the SASRec taste vector that placed these users near this one
+    taste = [float(box.item_vectors[c] @ user) for c in ctx.candidates]
+    return (f"Recent items of the 5 most similar users: {shown}.\nCandidates among them: {picked}.\n"
+            + ordering_line("similar users' taste", taste))
 
 
 ITEM_ARG = {"type": ["string", "integer"],
@@ -408,6 +428,7 @@ TOOLS = [
          {}, (), get_similar_users),
 ]
 COLLABORATIVE = {"get_similar_items", "get_similar_users"}
+RANKING_TOOLS = ("candidates_analyze", "get_similar_items", "get_similar_users")  # end with an ordering_line
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agenticrec.data import Dataset, Instance, Sequence
-from agenticrec.tools import TOOLS, Toolbox, ToolContext, context_for
+from agenticrec.tools import TOOLS, Toolbox, ToolContext, context_for, ordering_of
 
 ITEMS = [
     {"id": 0, "title": "Halo 3", "categories": ["Games", "Shooter"], "brand": "Microsoft", "price": 20.0,
@@ -90,7 +90,7 @@ def test_item_info_search_by_title_fuzzy_title_and_candidate_number(box):
 def test_candidates_analyze(box):
     assert call(box, "candidates_analyze") == (
         "Racing (2): [4] $50, [5] $40\nPlatformer (1): [1] $60\nAdventure (1): [2]\nPuzzle (1): [3]\n"
-        "By popularity, most popular first: 4, 1, 2, 5, 3\nPast interactions, same order: 2, 1, 1, 1, 0")
+        "Past interactions, most first: 2, 1, 1, 1, 0\nCandidates by popularity, best first: 4, 1, 2, 5, 3")
 
 
 def test_get_session_behavior(box):
@@ -107,15 +107,18 @@ def test_get_rating_behavior(box):
 def test_get_similar_items(box):
     assert call(box, "get_similar_items", item_title="Mario Kart 8") == (
         "Most similar to [4] Mario Kart 8: [1] Super Mario Odyssey; [5] Forza Horizon; [2] Zelda Breath of the "
-        "Wild.\nMost similar candidates: 1, 5, 2, 3 (cosine 0.97, 0.71, 0.60, 0.00).")
+        "Wild.\nCosine, most similar first: 1.00, 0.97, 0.71, 0.60, 0.00\n"
+        "Candidates by similarity, best first: 4, 1, 5, 2, 3")  # the item itself is candidate 4: listed, first
 
 
 def test_get_similar_users(box):
     # ann is excluded from her own neighbours; cat (recent train items 0 7 1, cosine 0.91 to ann's mean vector)
-    # comes before bob (3 5 0, cosine 0.73); Halo 3 is in both
+    # comes before bob (3 5 0, cosine 0.73); Halo 3 is in both. ann's taste = mean of her history's vectors,
+    # proportional to (3.2, 1.6, 0.3); cosine to the candidates' items 3 5 6 2 4: 0.55 0.33 0.08 0.45 0.95
     assert call(box, "get_similar_users") == (
         "Recent items of the 5 most similar users: Halo 3; Doom Eternal; Halo Reach; [1] Super Mario Odyssey; "
-        "[2] Zelda Breath of the Wild.\nCandidates among them: [1] x1, [2] x1.")
+        "[2] Zelda Breath of the Wild.\nCandidates among them: [1] x1, [2] x1.\n"
+        "Candidates by similar users' taste, best first: 5, 1, 4, 2, 3")
 
 
 def test_datasets_without_ratings_or_categories_say_so(box):
@@ -126,8 +129,8 @@ def test_datasets_without_ratings_or_categories_say_so(box):
         item.pop("categories", None)
     plain = Toolbox(data, None)
     assert plain.call("candidates_analyze", {}, CTX).text == (
-        "No categories in this dataset.\nBy popularity, most popular first: 4, 1, 2, 5, 3\n"
-        "Past interactions, same order: 2, 1, 1, 1, 0")
+        "No categories in this dataset.\nPast interactions, most first: 2, 1, 1, 1, 0\n"
+        "Candidates by popularity, best first: 4, 1, 2, 5, 3")
     assert "get_similar_items" not in plain.names  # no SASRec: the collaborative tools are not offered
 
 
@@ -205,3 +208,20 @@ def test_llm_profiles_are_generated_cached_and_served(tmp_path, box):
     assert profiles == {profile_key(ctx): expected}
     served = Toolbox(box.data, FakeSASRec(), profiles=profiles).call("get_user_profile", {}, ctx)
     assert served.text == expected[:1500] and served.error is None
+
+
+def test_ordering_of_reads_the_last_line_only(box):
+    assert ordering_of("x\nCandidates by popularity, best first: 4, 1, 2, 5, 3") == [4, 1, 2, 5, 3]
+    assert ordering_of("Candidates by popularity, best first: 4, 1\nsomething else") is None
+    assert ordering_of("error: no such item") is None
+    assert ordering_of(call(box, "get_similar_users")) == [5, 1, 4, 2, 3]
+
+
+def test_tool_ordering_scorer_copies_the_tool_order(box):
+    from agenticrec.baselines import rankings, tool_ordering_scorer
+    instance = Instance("ann", CTX.history, CTX.candidates[1], CTX.candidates, position=5)
+    [ranked] = rankings([instance], tool_ordering_scorer(box.data, box, "candidates_analyze")([instance]),
+                        box.popularity)
+    assert ranked == [CTX.candidates[n - 1] for n in (4, 1, 2, 5, 3)]
+    with pytest.raises(ValueError, match="does not end with an ordering"):
+        tool_ordering_scorer(box.data, box, "get_session_behavior")([instance])
