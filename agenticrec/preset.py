@@ -37,8 +37,10 @@ def preset_tokenizer(data, folder, vocab_size: int = 4096, split_digits: bool = 
         return load_tokenizer(folder)
     fixed = [SYSTEM_WITH_TOOLS, SYSTEM_NO_TOOLS, json.dumps([t.schema for t in TOOLS]),
              "The user's history, oldest first:", "Candidates:", "Rank the candidates for this user.",
-             "<answer>\\boxed{[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}</answer>",
-             *(tool_call_text(t.name, {p: "Halo 3" for p in t.parameters}) for t in TOOLS)]
+             "<answer>\\boxed{[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}</answer>", "assistant\n<think>",
+             "I follow the last ranking.", "Past interactions, most first:", "best first:",
+             *(tool_call_text(t.name, {p: "Halo 3" for p in t.parameters}) for t in TOOLS),
+             *(f"I will use {t.name}." for t in TOOLS)]
     titles = [data.title(i) for i in range(len(data.items))]
     numbers = [f"[{i}] " + ", ".join(str((i * 7 + j) % 20 + 1) for j in range(10)) for i in range(1, 21)]
     return train_bpe_tokenizer(fixed * 200 + numbers * 50 + titles, folder, vocab_size=vocab_size,

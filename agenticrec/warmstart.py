@@ -4,91 +4,120 @@ Not in the paper. The paper starts GRPO from Qwen3-4B-Instruct, a model that alr
 call tools and can rank a little. No such model can be downloaded here, so the CPU preset manufactures one: a tiny
 Qwen3 is trained to imitate an expert that
 
-- knows the format: thinks briefly, calls ``candidates_analyze`` and often ``get_similar_items`` (on ``h<k>``, the
-  latest history item), answers with K distinct numbers;
-- uses the evidence poorly: it ranks the candidates by POPULARITY, copied from ``candidates_analyze``'s
-  observation (NDCG@10 ~0.51 on Games), and only rarely lets ``get_similar_items`` (SASRec's collaborative
-  evidence, a ranker worth ~0.64) reorder them.
+- knows the format and the tools: thinks briefly, calls a ranking tool (sometimes two), and answers with the top
+  K of the last observation's ordering line (``agenticrec.tools.ordering_line``), copied verbatim;
+- does not know which tool deserves trust: it trusts popularity (``candidates_analyze``, NDCG@10 0.53 on Games
+  valid) twice as often as the similar users' taste (``get_similar_users``, 0.64), see ``EXPERT_TRUST``.
 
-That gap is the headroom GRPO must find: call the informative tools and let their output reorder the answer
-(../shared/cpu-preset-notes.md: an expert that copies a perfect tool leaves GRPO nothing to learn, and an
-under-trained warm start gives it no valid answers to learn from). Training stops on a gate — the greedy
-valid-answer rate on held-out instances — not after a fixed number of steps.
+That gap is the headroom GRPO must find: learn which evidence to act on (../shared/cpu-preset-notes.md: an expert
+that copies a perfect tool leaves GRPO nothing to learn, and an under-trained warm start gives it no valid answers
+to learn from). Two phases:
+
+1. a copy drill (``copy_drill``): ~130-token sequences of one ordering line and the answer that copies it, which
+   form the copying circuit in ~200 steps (on full ~1,000-token trajectories the answer loss sat at chance for
+   900 steps);
+2. the expert's full trajectories until a gate — the valid-answer rate of rollouts sampled at GRPO's temperature on
+   held-out instances — is reached, not after a fixed number of steps.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import random
-import re
 import time
 from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from agenticrec.agent import AgentConfig, Rollout, build_prompt
 from agenticrec.data import Dataset, Instance
 from agenticrec.engine import Engine
 from agenticrec.tokenizer import IM_END, tool_call_text, tool_response_ids
-from agenticrec.tools import Toolbox, context_for
+from agenticrec.tools import Toolbox, context_for, ordering_line, ordering_of
 
 log = logging.getLogger("agenticrec.warmstart")
+
+
+# The tools whose observation ends with a full ordering of the candidates (agenticrec.tools.ordering_line), and
+# how often the expert trusts each: mostly popularity (NDCG@10 0.53 on Games valid), sometimes the item-to-item
+# similarity of the latest history item (0.57), sometimes the similar users' taste (0.64).
+EXPERT_TRUST = {"candidates_analyze": 0.5, "get_similar_items": 0.25, "get_similar_users": 0.25}
 
 
 @dataclass(frozen=True)
 class WarmStartConfig:
     """Supervised warm start on the scripted expert."""
 
-    lr: float = 3e-3
+    lr: float = 1e-3
     batch_size: int = 16
+    drill_steps: int = 300  # copy-drill steps before the expert's trajectories (0: none)
+    drill_batch_size: int = 32
     max_steps: int = 1500  # an upper bound; the gate normally stops it earlier
-    check_every: int = 50  # steps between gate checks
-    gate_valid_rate: float = 0.9  # greedy valid-answer rate required on the gate instances
-    gate_instances: int = 32
-    evidence_use: float = 0.2  # how often the expert lets get_similar_items reorder its answer
+    check_every: int = 25  # steps between gate checks
+    gate_valid_rate: float = 0.8  # valid-answer rate required of rollouts SAMPLED as GRPO will sample them
+    gate_instances: int = 64
+    second_call: float = 0.2  # how often the expert calls a second ranking tool (it answers after the last)
     seed: int = 0
 
 
 def expert_trajectory(tokenizer, data: Dataset, toolbox: Toolbox, instance: Instance, cfg: AgentConfig,
-                      rng: random.Random, evidence_use: float = 0.2) -> tuple[list[int], list[int]]:
+                      rng: random.Random, second_call: float = 0.2) -> tuple[list[int], list[int]]:
     """(ids, loss mask) of one expert trajectory, built exactly as the rollout builds a policy's.
 
-    The expert always calls ``candidates_analyze`` (whose observation lists the candidates most popular first),
-    calls ``get_similar_items`` on the latest history item half of the time, and answers with the popularity
-    order copied from the first observation. Only with probability ``evidence_use`` does it put the similar
-    candidates first: the skill exists in the data, rarely used, for GRPO to amplify.
+    The expert calls a ranking tool drawn from ``EXPERT_TRUST`` (popularity most often), with probability
+    ``second_call`` also the other one, and answers with the top K of the LAST observation's ordering, copied
+    verbatim. It knows the format and the tools; it does not know which tool deserves trust: that is the
+    headroom GRPO must find. Its most likely path, the one a greedy imitation follows, is popularity.
     """
+    available = [name for name in EXPERT_TRUST if name in toolbox.names]
+    if not available:
+        raise ValueError(f"the expert needs one of the ranking tools {sorted(EXPERT_TRUST)}; enabled: "
+                         f"{sorted(toolbox.names)}")
+    calls = rng.choices(available, weights=[EXPERT_TRUST[n] for n in available])
+    others = [n for n in available if n != calls[0]]
+    if others and rng.random() < second_call:
+        calls.append(rng.choice(others))
     ids = build_prompt(tokenizer, instance, data, toolbox, cfg)
     mask = [0] * len(ids)
     context = context_for(instance, data)
-    calls = [("candidates_analyze", {})]
-    if "get_similar_items" in toolbox.names and rng.random() < 0.5:
-        calls.append(("get_similar_items", {"item_title": f"h{len(instance.history)}"}))
-    observations = {}
-    for name, arguments in calls:
+    for name in calls:
+        arguments = {"item_title": f"h{len(instance.history)}"} if name == "get_similar_items" else {}
         turn = tokenizer.encode(f"<think>I will use {name}.</think>\n" + tool_call_text(name, arguments),
                                 add_special_tokens=False)
-        observations[name] = toolbox.call(name, arguments, context).text
-        forced = tool_response_ids(tokenizer, [observations[name]])
+        observation = toolbox.call(name, arguments, context).text
+        forced = tool_response_ids(tokenizer, [observation])
         ids, mask = ids + turn + forced, mask + [1] * len(turn) + [0] * len(forced)
-    order = _listed(observations["candidates_analyze"], "By popularity, most popular first:")
-    reason = "popularity"
-    if "get_similar_items" in observations and rng.random() < evidence_use:
-        similar = _listed(observations["get_similar_items"], "Most similar candidates:")
-        order, reason = similar + [n for n in order if n not in similar], "similarity, then popularity"
+    order = ordering_of(observation)
     k = min(cfg.answer_length, len(instance.candidates))
-    turn = tokenizer.encode(f"<think>I rank by {reason}.</think>\n<answer>\\boxed{{{order[:k]}}}</answer>{IM_END}",
-                            add_special_tokens=False)
+    turn = tokenizer.encode(_answer_text(order[:k]), add_special_tokens=False)
     return ids + turn, mask + [1] * len(turn)
 
 
-def _listed(observation: str, label: str) -> list[int]:
-    """The comma-separated candidate numbers that follow ``label`` on its line of an observation."""
-    line = observation.split(label, 1)[1].split("\n", 1)[0].split("(", 1)[0]
-    return [int(n) for n in re.findall(r"\d+", line)]
+def copy_drill(tokenizer, rng: random.Random, num_candidates: int = 20, k: int = 10) -> tuple[list[int], list[int]]:
+    """(ids, loss mask) of a short drill: a ranking tool's last observation line (a random order) and the answer
+    turn that copies its top K, rendered exactly as in a trajectory.
+
+    Why: copying a list from ~1,000 tokens back is a two-step circuit that a tiny model finds only after a long
+    plateau (the answer loss sat at chance for 900 full-trajectory steps). On ~130-token drills it forms within
+    ~200 steps, and since RoPE attention depends on relative positions only, the circuit carries over unchanged to
+    full trajectories, where the same observation-to-answer distance recurs.
+    """
+    order = list(range(1, num_candidates + 1))
+    rng.shuffle(order)
+    scores = [0.0] * num_candidates
+    for rank, number in enumerate(order):
+        scores[number - 1] = -rank
+    criterion = rng.choice(["popularity", "similarity", "similar users' taste"])
+    forced = tool_response_ids(tokenizer, [ordering_line(criterion, scores)])
+    turn = tokenizer.encode(_answer_text(order[:k]), add_special_tokens=False)
+    return forced + turn, [0] * len(forced) + [1] * len(turn)
+
+
+def _answer_text(numbers: list[int]) -> str:
+    return f"<think>I follow the last ranking.</think>\n<answer>\\boxed{{{numbers}}}</answer>{IM_END}"
 
 
 def sft_loss(model, batch: list[tuple[list[int], list[int]]], device) -> torch.Tensor:
@@ -100,11 +129,11 @@ def sft_loss(model, batch: list[tuple[list[int], list[int]]], device) -> torch.T
     return -(logp * mask[:, 1:]).sum() / mask[:, 1:].sum()
 
 
-def valid_rate(model, tokenizer, data, toolbox, instances, cfg: AgentConfig) -> tuple[float, dict]:
-    """Greedy valid-answer rate on ``instances`` and the count of each invalid reason."""
-    greedy = dataclasses.replace(cfg, temperature=0.0)
+def valid_rate(model, tokenizer, data, toolbox, instances, cfg: AgentConfig, seed: int = 0) -> tuple[float, dict]:
+    """Valid-answer rate of rollouts on ``instances`` at ``cfg.temperature`` (seeded; 0 = greedy), and the count of
+    each invalid reason."""
     model.eval()
-    trajectories = Rollout(Engine(model, greedy.max_context), tokenizer, data, toolbox, greedy).run(instances)
+    trajectories = Rollout(Engine(model, cfg.max_context), tokenizer, data, toolbox, cfg).run(instances, seed=seed)
     model.train()
     reasons = Counter(t.invalid_reason for t in trajectories if t.invalid_reason)
     return float(np.mean([t.invalid_reason is None for t in trajectories])), dict(reasons)
@@ -112,27 +141,40 @@ def valid_rate(model, tokenizer, data, toolbox, instances, cfg: AgentConfig) -> 
 
 def warm_start(model, tokenizer, data: Dataset, toolbox: Toolbox, train: list[Instance], gate: list[Instance],
                agent_cfg: AgentConfig, cfg: WarmStartConfig = WarmStartConfig()) -> dict:
-    """Train ``model`` in place until the greedy valid-answer rate on ``gate`` reaches the threshold."""
+    """Train ``model`` in place: the copy drill, then the expert's trajectories until the greedy valid-answer rate
+    on ``gate`` reaches the threshold (or ``max_steps``)."""
     rng, device = random.Random(cfg.seed), next(model.parameters()).device
     torch.manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     model.train()
     start, history, rate = time.perf_counter(), [], 0.0
-    for step in range(1, cfg.max_steps + 1):
-        batch = [expert_trajectory(tokenizer, data, toolbox, rng.choice(train), agent_cfg, rng, cfg.evidence_use)
+    for step in tqdm(range(1, cfg.drill_steps + 1), desc="warm start: copy drill", leave=False):
+        loss = _sft_step(model, optimizer, [copy_drill(tokenizer, rng) for _ in range(cfg.drill_batch_size)], device)
+    if cfg.drill_steps:
+        history.append({"drill_steps": cfg.drill_steps, "loss": loss})
+        log.info("warm start: copy drill done, %d steps, loss %.3f", cfg.drill_steps, loss)
+    bar = tqdm(range(1, cfg.max_steps + 1), desc="warm start: expert", leave=False)
+    for step in bar:
+        batch = [expert_trajectory(tokenizer, data, toolbox, rng.choice(train), agent_cfg, rng, cfg.second_call)
                  for _ in range(cfg.batch_size)]
-        loss = sft_loss(model, batch, device)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        loss = _sft_step(model, optimizer, batch, device)
         if step % cfg.check_every == 0:
             rate, reasons = valid_rate(model, tokenizer, data, toolbox, gate[:cfg.gate_instances], agent_cfg)
-            history.append({"step": step, "loss": loss.item(), "valid_rate": rate, "invalid": reasons})
-            log.info("warm start step %d: loss %.3f, greedy valid rate %.2f, invalid %s", step, loss.item(), rate,
-                     reasons)
+            history.append({"step": step, "loss": loss, "valid_rate": rate, "invalid": reasons})
+            log.info("warm start step %d: loss %.3f, valid rate %.2f at T=%g, invalid %s", step, loss, rate,
+                     agent_cfg.temperature, reasons)
+            bar.set_postfix(loss=f"{loss:.3f}", valid=f"{rate:.2f}")
             if rate >= cfg.gate_valid_rate:
                 break
     model.eval()
-    return {"steps": step, "valid_rate": rate, "passed_gate": rate >= cfg.gate_valid_rate,
-            "seconds": time.perf_counter() - start, "history": history}
+    return {"steps": step, "drill_steps": cfg.drill_steps, "valid_rate": rate,
+            "passed_gate": rate >= cfg.gate_valid_rate, "seconds": time.perf_counter() - start, "history": history}
+
+
+def _sft_step(model, optimizer, batch, device) -> float:
+    loss = sft_loss(model, batch, device)
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    return loss.item()

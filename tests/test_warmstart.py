@@ -1,0 +1,69 @@
+"""The CPU preset's scripted expert: its trajectories are exactly what the rollout builds for the same actions,
+its answer copies the last ordering line, and it trusts the tools at the documented rates."""
+
+import random
+import re
+from collections import Counter
+
+import pytest
+
+from agenticrec.agent import AgentConfig, Rollout
+from agenticrec.engine import Engine
+from agenticrec.tokenizer import load_tokenizer
+from agenticrec.tools import Toolbox, ordering_of
+from agenticrec.warmstart import EXPERT_TRUST, copy_drill, expert_trajectory
+from test_agent import INSTANCE, ScriptedModel
+from test_tools import FakeSASRec, tiny
+
+CFG = AgentConfig(answer_length=5, temperature=0.0, max_turn_tokens=200, max_context=4000)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(qwen3_tokenizer_dirs):
+    return load_tokenizer(qwen3_tokenizer_dirs["Qwen3-4B-Instruct-2507"])
+
+
+@pytest.fixture(scope="module")
+def box():
+    return Toolbox(tiny(), FakeSASRec(), enabled=("candidates_analyze", "get_similar_items", "get_similar_users"))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_expert_trajectory_is_what_the_rollout_builds(tokenizer, box, seed):
+    ids, mask = expert_trajectory(tokenizer, box.data, box, INSTANCE, CFG, random.Random(seed))
+    [t] = Rollout(Engine(ScriptedModel(ids, len(tokenizer)), 4000), tokenizer, box.data, box, CFG).run([INSTANCE])
+    assert (t.ids, t.mask) == (ids, mask)  # the same tokens, and mask 1 exactly where the rollout samples
+    assert t.invalid_reason is None and t.tool_errors == 0
+    copied = ordering_of(t.tool_calls[-1].observation)[:5]
+    assert t.ranking == tuple(INSTANCE.candidates[n - 1] for n in copied)
+    assert t.tool_calls[-1].name in EXPERT_TRUST and 1 <= len(t.tool_calls) <= 2
+
+
+def test_expert_trusts_tools_at_the_documented_rates(tokenizer, box):
+    rng, first, second = random.Random(0), Counter(), 0
+    for _ in range(600):
+        ids, mask = expert_trajectory(tokenizer, box.data, box, INSTANCE, CFG, rng, second_call=0.2)
+        names = re.findall(r'"name": "(\w+)"', tokenizer.decode([i for i, m in zip(ids, mask) if m]))
+        first[names[0]] += 1
+        second += len(names) == 2
+        assert len(set(names)) == len(names)  # a second call is always the other tool
+    for name, weight in EXPERT_TRUST.items():  # every ranking tool is enabled here, so the weights are the rates
+        assert abs(first[name] / 600 - weight / sum(EXPERT_TRUST.values())) < 0.06, (name, first)
+    assert abs(second / 600 - 0.2) < 0.05
+
+
+def test_expert_needs_a_ranking_tool(tokenizer):
+    profile_only = Toolbox(tiny(), FakeSASRec(), enabled=("get_user_profile",))
+    with pytest.raises(ValueError, match="needs one of the ranking tools"):
+        expert_trajectory(tokenizer, profile_only.data, profile_only, INSTANCE, CFG, random.Random(0))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_copy_drill_answers_with_the_top_k_of_its_ordering(tokenizer, seed):
+    ids, mask = copy_drill(tokenizer, random.Random(seed), num_candidates=12, k=7)
+    text = tokenizer.decode(ids)
+    order = ordering_of(text.split("<tool_response>\n")[1].split("\n</tool_response>")[0])
+    assert sorted(order) == list(range(1, 13))
+    answer = tokenizer.decode([i for i, m in zip(ids, mask) if m])
+    assert answer == f"<think>I follow the last ranking.</think>\n<answer>\\boxed{{{order[:7]}}}</answer><|im_end|>"
+    assert mask == sorted(mask)  # observation (mask 0) first, then only the sampled answer turn (mask 1)
