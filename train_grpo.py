@@ -87,6 +87,7 @@ class Config:
     activation_checkpointing: bool = False  # recompute each decoder layer in the backward pass (long contexts)
     eval_every: int = 0  # steps between valid evaluations (0 = only before and after training)
     eval_instances: int = 1000  # valid instances per evaluation (greedy)
+    eval_chunk: int = 250  # instances per engine call in evaluation (bounds the KV cache)
     checkpoint_every: int = 50  # steps between checkpoints
     resume: bool = False  # continue from out/checkpoints/latest
     dtype: str = "float32"  # float32 | bfloat16 (FSDP mixed precision on GPU)
@@ -95,11 +96,12 @@ class Config:
     stop_after: int = 0  # stop after this many steps of this run (tests of resume); 0 = no stop
 
 
-# The CPU preset (../shared/cpu-preset-notes.md): short titles and the two tools the warm-start expert uses keep
-# prompts near 1k tokens; lr 2e-5 with a KL of 0.01 to the warm start; 4 tool calls are plenty for its turns.
-PRESET = dict(batch_size=8, lr=2e-5, warmup_steps=5, temperature=1.0, max_turn_tokens=96, max_context=2048,
-              max_title_chars=24, tools="candidates_analyze,get_similar_items", steps=60, kl_coef=0.01,
-              eval_instances=1000, checkpoint_every=20, max_tool_calls=4)
+# The CPU preset (../shared/cpu-preset-notes.md, docs/grpo.md "The CPU preset"): the two no-argument ranking tools
+# (popularity, similar users' taste) whose orders the warm start copies; short titles keep prompts near 800 tokens;
+# lr 1e-4 (the tiny model moves little at the paper's 1e-6) with a KL of 0.01 to the warm start; steps, not time.
+PRESET = dict(batch_size=8, lr=1e-4, warmup_steps=5, max_turn_tokens=96, max_context=2048, max_title_chars=24,
+              tools="candidates_analyze,get_similar_users", steps=30, kl_coef=0.01, eval_instances=1000,
+              checkpoint_every=10, max_tool_calls=4)
 
 
 def parse_args(argv=None) -> Config:
@@ -281,13 +283,53 @@ def _group_tensors(group, device):
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def evaluate(rollout: Rollout, instances, info: D.DistInfo) -> dict:
-    """Greedy rollouts on fixed valid instances (split over ranks); metrics summed over ranks."""
+def evaluate(rollout: Rollout, instances, info: D.DistInfo, chunk: int = 250) -> tuple[dict, list[float]]:
+    """Greedy rollouts on fixed valid instances (split over ranks, ``chunk`` per engine call): metrics summed over
+    ranks, and every instance's NDCG@10 in order (for paired comparisons)."""
     mine = instances[info.rank::info.world]
     greedy = Rollout(rollout.engine, rollout.tokenizer, rollout.data, rollout.toolbox,
                      dataclasses.replace(rollout.cfg, temperature=0.0))
-    trajectories = greedy.run(mine) if mine else []
-    return summarize(trajectories, info, prefix="eval_")
+    trajectories = [t for c in range(0, len(mine), chunk) for t in greedy.run(mine[c:c + chunk])]
+    ndcg = [0.0] * len(instances)
+    for i, t in zip(range(info.rank, len(instances), info.world), trajectories):
+        ndcg[i] = ranking_metrics(t.rank)["N@10"]
+    return summarize(trajectories, info, prefix="eval_"), D.all_reduce_sum(ndcg, info)
+
+
+def evaluate_and_save(rollout: Rollout, instances, info: D.DistInfo, out: Path, step: int, chunk: int) -> dict:
+    """``evaluate``, with every instance's NDCG@10 kept in out/evals/step_N.json for the final paired test."""
+    metrics, ndcg = evaluate(rollout, instances, info, chunk)
+    if info.is_main:
+        (out / "evals").mkdir(exist_ok=True)
+        (out / "evals" / f"step_{step:06d}.json").write_text(json.dumps({"step": step, **metrics, "ndcg10": ndcg}))
+    return metrics
+
+
+def final_report(out: Path, data, toolbox, instances, steps: int) -> dict:
+    """Before vs after GRPO on the same valid instances (paired bootstrap CI of the NDCG@10 gain), each ranking
+    tool's own order copied verbatim, and the per-tool call rates; printed and written to out/report.json."""
+    from agenticrec.baselines import evaluate_scorer, tool_ordering_scorer
+    from agenticrec.stats import paired_bootstrap
+    from agenticrec.tools import RANKING_TOOLS
+    before, after = (json.loads((out / "evals" / f"step_{s:06d}.json").read_text()) for s in (0, steps))
+    rows = {"start (step 0)": before, f"GRPO (step {steps})": after}
+    rows.update({f"{name}, copied": {f"eval_{k}": v for k, v in evaluate_scorer(
+        data, instances, tool_ordering_scorer(data, toolbox, name)).items()}
+        for name in RANKING_TOOLS if name in toolbox.names})
+    gain = paired_bootstrap(before["ndcg10"], after["ndcg10"])
+    lines = [f"valid instances: {len(instances)}", f"{'policy':<34}{'H@1':>7}{'H@10':>7}{'N@5':>7}{'N@10':>7}"]
+    lines += [f"{name:<34}" + "".join(f"{r[f'eval_{k}']:>7.3f}" for k in ("H@1", "H@10", "N@5", "N@10"))
+              for name, r in rows.items()]
+    lines.append(f"NDCG@10 gain of GRPO: {gain['diff']:+.4f}, paired bootstrap 95% CI [{gain['lo']:+.4f}, "
+                 f"{gain['hi']:+.4f}]")
+    names = [t.name for t in toolbox.tools]
+    lines.append("tool calls per rollout (answered after it): " + "; ".join(
+        f"{n} {before[f'eval_calls_{n}']:.2f} ({before[f'eval_last_{n}']:.2f}) -> {after[f'eval_calls_{n}']:.2f} "
+        f"({after[f'eval_last_{n}']:.2f})" for n in names))
+    print("\n".join(lines), flush=True)
+    report = {"gain_ndcg10": gain, "rows": {k: {m: v for m, v in r.items() if m != "ndcg10"} for k, r in rows.items()}}
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    return report
 
 
 # every reason a trajectory can be invalid for: the parser's and the agent's own
@@ -298,7 +340,8 @@ INVALID_REASONS = sorted({r.value for r in Reason} | {TOOL_BUDGET_EXCEEDED, TOOL
 def summarize(trajectories, info: D.DistInfo, prefix: str = "") -> dict:
     """Rollout statistics, reduced over ranks: reward, metrics, invalid reasons, tool use, tokens."""
     keys = ["n", "reward", "valid", "truncated", "tool_calls", "tool_errors", "prompt", "generated", "observation",
-            "H@1", "H@5", "H@10", "N@5", "N@10"] + [f"calls_{t.name}" for t in TOOLS]
+            "H@1", "H@5", "H@10", "N@5", "N@10"] + [f"calls_{t.name}" for t in TOOLS] + \
+        [f"last_{t.name}" for t in TOOLS]
     sums = Counter()
     for t in trajectories:
         sums.update({"n": 1, "reward": t.reward, "valid": t.invalid_reason is None,
@@ -306,6 +349,8 @@ def summarize(trajectories, info: D.DistInfo, prefix: str = "") -> dict:
                      "tool_calls": len(t.tool_calls), "tool_errors": t.tool_errors, **t.tokens,
                      **ranking_metrics(t.rank)})
         sums.update(Counter(f"calls_{c.name}" for c in t.tool_calls))
+        if t.tool_calls:  # the observation the answer came after: which evidence the policy acted on
+            sums[f"last_{t.tool_calls[-1].name}"] += 1
         if t.invalid_reason:
             sums[f"invalid_{t.invalid_reason}"] += 1
     names = keys + [f"invalid_{r}" for r in INVALID_REASONS]
@@ -427,7 +472,7 @@ def main(argv=None) -> None:
     rollout = Rollout(Engine(rollout_model, cfg.max_context), tokenizer, data, toolbox, agent_cfg)
     metrics_file = open(out / "metrics.jsonl", "a") if info.is_main else None
     if start == 0:
-        _log(metrics_file, {"step": 0, **evaluate(rollout, valid, info)})
+        _log(metrics_file, {"step": 0, **evaluate_and_save(rollout, valid, info, out, 0, cfg.eval_chunk)})
 
     # loop
     bar = tqdm(range(start, steps), desc="GRPO", disable=not info.is_main, initial=start, total=steps)
@@ -446,7 +491,7 @@ def main(argv=None) -> None:
         record["tokens_per_s"] = record["n"] * (record["generated"] + record["observation"]) / max(1e-9, t2 - t0)
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
             rollout.engine.model = rollout_model = D.refresh_rollout_copy(model, rollout_model, info)
-            record.update(evaluate(rollout, valid, info))
+            record.update(evaluate_and_save(rollout, valid, info, out, step + 1, cfg.eval_chunk))
         _log(metrics_file, record)
         bar.set_postfix(reward=f"{record['reward']:.3f}", valid=f"{record['valid']:.2f}", kl=f"{record['kl']:.4f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == steps:
@@ -456,8 +501,11 @@ def main(argv=None) -> None:
             return
 
     rollout.engine.model = D.refresh_rollout_copy(model, rollout_model, info)
-    _log(metrics_file, {"step": steps, "final": True, **evaluate(rollout, valid, info)})
+    final = evaluate_and_save(rollout, valid, info, out, steps, cfg.eval_chunk)
+    _log(metrics_file, {"step": steps, "final": True, **final})
     export(model, info, out / "final")
+    if info.is_main:
+        final_report(out, data, toolbox, valid, steps)
     D.shutdown(info)
 
 
