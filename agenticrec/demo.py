@@ -1,9 +1,9 @@
 """A two-minute tour of the foundation on the CPU: ``python -m agenticrec.demo``.
 
-Until the trainer lands this is the Quickstart's first command. It trains the preset's byte-level BPE (Qwen3's
-control tokens) on a small built-in corpus, builds the CPU-preset Qwen3 at random init, renders a tool-calling
-chat prompt as ids, decodes a few tokens greedily, saves the model in the Hugging Face layout, reloads it with our
-loader and with ``transformers``, and prints the largest logit difference of each reload (expected: 0).
+It trains the preset's byte-level BPE (Qwen3's control tokens) on a small built-in corpus, builds the CPU-preset
+Qwen3 at random init, renders a tool-calling chat prompt as ids, decodes a few tokens greedily, saves the model in
+the Hugging Face layout, reloads it with our loader and with ``transformers``, and prints the largest logit
+difference of each reload (expected: 0).
 """
 
 from __future__ import annotations
