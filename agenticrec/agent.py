@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 from agenticrec.data import Dataset, Instance
 from agenticrec.engine import Engine, Row, SamplingParams
-from agenticrec.parsing import Answer, Invalid, RankingFormat, ToolCall, parse_turn
+from agenticrec.parsing import Answer, ChoiceFormat, Invalid, RankingFormat, ToolCall, parse_turn
+from agenticrec.ppr import PreferenceTask, preference_message
 from agenticrec.reward import RewardConfig, rank_of, reward
 from agenticrec.tokenizer import END_TOOL_CALL, IM_END, render_chat, tool_response_ids
 from agenticrec.tools import TOOLS, Toolbox, context_for
@@ -36,6 +37,11 @@ SYSTEM_WITH_TOOLS = (
     "You may call the tools to gather evidence, one call per turn. Think inside <think>...</think> before acting. "
     "When you are ready, answer with <answer>\\boxed{{[i1, i2, ...]}}</answer> listing the {k} most likely "
     "candidate numbers, best first.")
+SYSTEM_CHOICE = (  # PPR's A / B questions (agenticrec.ppr); the same tools, budget and format rules
+    "You are a recommender agent. Decide which of two items the user is more, or less, likely to choose next, as "
+    "the question asks.{tools} Think inside <think>...</think> before acting. When you are ready, answer with "
+    "<answer>\\boxed{{A}}</answer> or <answer>\\boxed{{B}}</answer>.")
+CHOICE_TOOLS_SENTENCE = " You may call the tools to gather evidence, one call per turn."
 SYSTEM_NO_TOOLS = (
     "You are a recommender agent. Rank the candidate items by how likely the user is to choose each one next. "
     "Think inside <think>...</think>, then answer with <answer>\\boxed{{[i1, i2, ...]}}</answer> listing the {k} "
@@ -98,10 +104,14 @@ class Trajectory:
         return sum(call.error is not None for call in self.tool_calls)
 
 
+def _title(data: Dataset, item: int, max_chars: int | None) -> str:
+    text = data.title(item)
+    return text if max_chars is None or len(text) <= max_chars else text[:max_chars - 1] + "…"
+
+
 def user_message(instance: Instance, data: Dataset, max_title_chars: int | None) -> str:
     def title(item: int) -> str:
-        text = data.title(item)
-        return text if max_title_chars is None or len(text) <= max_title_chars else text[:max_title_chars - 1] + "…"
+        return _title(data, item, max_title_chars)
     history = "\n".join(f"{n}. {title(i)}" for n, i in enumerate(instance.history, 1))
     candidates = "\n".join(f"[{n}] {title(c)}" for n, c in enumerate(instance.candidates, 1))
     return (f"The user's history, oldest first:\n{history}\n\nCandidates:\n{candidates}\n\n"
@@ -109,10 +119,14 @@ def user_message(instance: Instance, data: Dataset, max_title_chars: int | None)
 
 
 def build_prompt(tokenizer, instance: Instance, data: Dataset, toolbox: Toolbox | None, cfg: AgentConfig) -> list[int]:
-    k = min(cfg.answer_length, len(instance.candidates))
-    system = (SYSTEM_WITH_TOOLS if cfg.use_tools else SYSTEM_NO_TOOLS).format(k=k)
-    messages = [{"role": "system", "content": system},
-                {"role": "user", "content": user_message(instance, data, cfg.max_title_chars)}]
+    if isinstance(instance, PreferenceTask):
+        system = SYSTEM_CHOICE.format(tools=CHOICE_TOOLS_SENTENCE if cfg.use_tools else "")
+        user = preference_message(instance, lambda item: _title(data, item, cfg.max_title_chars))
+    else:
+        k = min(cfg.answer_length, len(instance.candidates))
+        system = (SYSTEM_WITH_TOOLS if cfg.use_tools else SYSTEM_NO_TOOLS).format(k=k)
+        user = user_message(instance, data, cfg.max_title_chars)
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
     tools = toolbox.schemas if cfg.use_tools and toolbox is not None else None
     return render_chat(tokenizer, messages, tools)
 
@@ -152,9 +166,11 @@ class Rollout:
         """One finished turn: returns the observation ids to force, or None when the trajectory is over."""
         if row.stop_reason == "max_new_tokens":
             return self._finish(t, None, TURN_TOKEN_LIMIT)
-        n = len(t.instance.candidates)
+        n, choice = len(t.instance.candidates), isinstance(t.instance, PreferenceTask)
         action = parse_turn(self.tokenizer.decode(row.turn_ids), ALL_TOOL_NAMES,
-                            RankingFormat(n, min(self.cfg.answer_length, n)))
+                            ChoiceFormat() if choice else RankingFormat(n, min(self.cfg.answer_length, n)))
+        if isinstance(action, Answer) and choice:  # the chosen option as a one-item ranking: rank 1 iff correct
+            return self._finish(t, (t.instance.candidates["AB".index(action.choice)],), None)
         if isinstance(action, Answer):
             return self._finish(t, tuple(t.instance.candidates[i - 1] for i in action.ranking), None)
         if isinstance(action, Invalid):
@@ -175,4 +191,7 @@ class Rollout:
     def _finish(self, t: Trajectory, ranking, invalid_reason: str | None) -> None:
         """Record the outcome and the reward; returns None, the engine's signal that the row is done."""
         t.ranking, t.invalid_reason = ranking, invalid_reason
-        t.reward = reward(ranking, t.instance.target, len(t.tool_calls), self.cfg.reward)
+        if isinstance(t.instance, PreferenceTask) and ranking is not None:  # PPR: 1 if correct, 0 if wrong
+            t.reward = float(ranking[0] == t.instance.target)
+        else:
+            t.reward = reward(ranking, t.instance.target, len(t.tool_calls), self.cfg.reward)
