@@ -104,9 +104,12 @@ PRESET = dict(batch_size=8, lr=1e-4, warmup_steps=5, max_turn_tokens=96, max_con
               checkpoint_every=10, max_tool_calls=4)
 
 
+PRESET_MARKER = "agenticrec_preset.json"  # written into out/final by a preset run: train_ppr.py applies its preset
+
+
 def parse_args(argv=None) -> Config:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    comments = _field_comments()
+    comments = field_comments(Path(__file__))
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
         if f.type in ("bool", bool):
@@ -119,9 +122,9 @@ def parse_args(argv=None) -> Config:
     return Config(**{**preset, **given})
 
 
-def _field_comments() -> dict[str, str]:
-    """Each Config field's trailing comment, used as its --help text."""
-    source = Path(__file__).read_text().split("class Config:")[1].split("\n\n\n")[0]
+def field_comments(script: Path) -> dict[str, str]:
+    """Each Config field's trailing comment in ``script``, used as its --help text."""
+    source = script.read_text().split("class Config:")[1].split("\n\n\n")[0]
     out = {}
     for line in source.splitlines():
         if ":" in line and "#" in line:
@@ -283,25 +286,25 @@ def _group_tensors(group, device):
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def evaluate(rollout: Rollout, instances, info: D.DistInfo, chunk: int = 250) -> tuple[dict, list[float]]:
+def evaluate(rollout: Rollout, instances, info: D.DistInfo, chunk: int = 250) -> tuple[dict, list[int]]:
     """Greedy rollouts on fixed valid instances (split over ranks, ``chunk`` per engine call): metrics summed over
-    ranks, and every instance's NDCG@10 in order (for paired comparisons)."""
+    ranks, and every instance's target rank in order (0 = absent or invalid; for paired comparisons)."""
     mine = instances[info.rank::info.world]
     greedy = Rollout(rollout.engine, rollout.tokenizer, rollout.data, rollout.toolbox,
                      dataclasses.replace(rollout.cfg, temperature=0.0))
     trajectories = [t for c in range(0, len(mine), chunk) for t in greedy.run(mine[c:c + chunk])]
-    ndcg = [0.0] * len(instances)
+    ranks = [0.0] * len(instances)
     for i, t in zip(range(info.rank, len(instances), info.world), trajectories):
-        ndcg[i] = ranking_metrics(t.rank)["N@10"]
-    return summarize(trajectories, info, prefix="eval_"), D.all_reduce_sum(ndcg, info)
+        ranks[i] = float(t.rank or 0)
+    return summarize(trajectories, info, prefix="eval_"), [int(r) for r in D.all_reduce_sum(ranks, info)]
 
 
 def evaluate_and_save(rollout: Rollout, instances, info: D.DistInfo, out: Path, step: int, chunk: int) -> dict:
-    """``evaluate``, with every instance's NDCG@10 kept in out/evals/step_N.json for the final paired test."""
-    metrics, ndcg = evaluate(rollout, instances, info, chunk)
+    """``evaluate``, with every instance's target rank kept in out/evals/step_N.json for the final paired test."""
+    metrics, ranks = evaluate(rollout, instances, info, chunk)
     if info.is_main:
         (out / "evals").mkdir(exist_ok=True)
-        (out / "evals" / f"step_{step:06d}.json").write_text(json.dumps({"step": step, **metrics, "ndcg10": ndcg}))
+        (out / "evals" / f"step_{step:06d}.json").write_text(json.dumps({"step": step, **metrics, "ranks": ranks}))
     return metrics
 
 
@@ -316,7 +319,7 @@ def final_report(out: Path, data, toolbox, instances, steps: int) -> dict:
     rows.update({f"{name}, copied": {f"eval_{k}": v for k, v in evaluate_scorer(
         data, instances, tool_ordering_scorer(data, toolbox, name)).items()}
         for name in RANKING_TOOLS if name in toolbox.names})
-    gain = paired_bootstrap(before["ndcg10"], after["ndcg10"])
+    gain = paired_bootstrap(*([ranking_metrics(r or None)["N@10"] for r in e["ranks"]] for e in (before, after)))
     lines = [f"valid instances: {len(instances)}", f"{'policy':<34}{'H@1':>7}{'H@10':>7}{'N@5':>7}{'N@10':>7}"]
     lines += [f"{name:<34}" + "".join(f"{r[f'eval_{k}']:>7.3f}" for k in ("H@1", "H@10", "N@5", "N@10"))
               for name, r in rows.items()]
@@ -327,7 +330,7 @@ def final_report(out: Path, data, toolbox, instances, steps: int) -> dict:
         f"{n} {before[f'eval_calls_{n}']:.2f} ({before[f'eval_last_{n}']:.2f}) -> {after[f'eval_calls_{n}']:.2f} "
         f"({after[f'eval_last_{n}']:.2f})" for n in names))
     print("\n".join(lines), flush=True)
-    report = {"gain_ndcg10": gain, "rows": {k: {m: v for m, v in r.items() if m != "ndcg10"} for k, r in rows.items()}}
+    report = {"gain_ndcg10": gain, "rows": {k: {m: v for m, v in r.items() if m != "ranks"} for k, r in rows.items()}}
     (out / "report.json").write_text(json.dumps(report, indent=2))
     return report
 
@@ -424,11 +427,13 @@ def load_checkpoint(model, optimizer, scheduler, stream, info: D.DistInfo, out: 
     return state["step"]
 
 
-def export(model, info: D.DistInfo, folder: Path) -> None:
-    """The trained policy as a Hugging Face folder (transformers loads it)."""
+def export(model, info: D.DistInfo, folder: Path, tokenizer=None) -> None:
+    """The trained policy as a Hugging Face folder with its tokenizer (transformers loads it; stage 2 starts here)."""
     state = D.full_state_dict(model, info, cpu=True)
     if info.is_main:
         save_pretrained(model, folder, state_dict=state)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(folder))
     D.barrier(info)
 
 
@@ -503,7 +508,9 @@ def main(argv=None) -> None:
     rollout.engine.model = D.refresh_rollout_copy(model, rollout_model, info)
     final = evaluate_and_save(rollout, valid, info, out, steps, cfg.eval_chunk)
     _log(metrics_file, {"step": steps, "final": True, **final})
-    export(model, info, out / "final")
+    export(model, info, out / "final", tokenizer)
+    if info.is_main and cfg.model == "preset":
+        (out / "final" / PRESET_MARKER).write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     if info.is_main:
         final_report(out, data, toolbox, valid, steps)
     D.shutdown(info)

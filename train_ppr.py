@@ -1,0 +1,331 @@
+"""Stage 2 of AgenticRec: Progressive Preference Refinement (PPR) on A / B questions mined from ranking violations.
+
+    python train_ppr.py                                   # the CPU preset, after `python train_grpo.py`
+    torchrun --nproc_per_node 4 train_ppr.py --model runs/grpo/final --dtype bfloat16 --objective grpo
+
+How this differs from the paper's description (docs/ppr.md has the math):
+1. Mining, tasks and the ``grpo`` objective follow the paper: the stage-1 policy on TRAIN instances (greedy by
+   default), one uniform hard negative per violation, MORE and LESS tasks per pair with c+ at A for half of the
+   pairs, reward 1 / 0 (invalid -1 as in stage 1), and the stage-1 trainer (train_grpo.update) unchanged.
+2. Dynamic sampling drops groups with equal rewards by default: with 0 / 1 rewards an all-correct or all-wrong group
+   has no signal (stage 1 drops only all-negative groups).
+3. ``--objective logistic`` trains Proposition 4.2's loss directly: the margin is the log-likelihood of answering
+   c+ minus that of c- (MORE), and of c- minus c+ (LESS), given the task's prompt (no tool calls).
+4. Ablations the paper lacks: ``--unidirectional`` (MORE only) and ``--random-negatives``.
+5. Pairwise accuracy on valid pairs mined the same way, before and after, two ways: the greedy agent's answer
+   (with tools) and the likelihood margin; plus the ranking task's H@1 on valid instances, each with a paired
+   bootstrap CI (out/report.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import train_grpo as G
+from agenticrec import distributed as D
+from agenticrec.agent import AgentConfig, Rollout, build_prompt
+from agenticrec.data import load_dataset, load_instances
+from agenticrec.engine import Engine
+from agenticrec.model import load_pretrained
+from agenticrec.ppr import (answer_text, bidirectional_loss, bidirectional_tasks, choice_margins, mine_pairs,
+                            random_pairs, write_pairs)
+from agenticrec.stats import paired_bootstrap
+from agenticrec.tokenizer import load_tokenizer
+
+log = logging.getLogger("train_ppr")
+
+
+@dataclass
+class Config:
+    model: str = "runs/grpo/final"  # the stage-1 checkpoint: a Hugging Face folder with its tokenizer
+    dataset: str = "games"  # a dataset under data/
+    out: str = "runs/ppr"  # output folder: pairs, metrics.jsonl, checkpoints/, final/
+    objective: str = "grpo"  # grpo (the paper) | logistic (Proposition 4.2's loss on answer likelihoods)
+    unidirectional: bool = False  # MORE tasks only (ablation)
+    random_negatives: bool = False  # c- uniform over the other candidates instead of mined (ablation)
+    mine_instances: int = 0  # train instances to mine (0 = all)
+    mine_sampled: bool = False  # mine with rollouts sampled at --temperature (default: greedy)
+    valid_mine_instances: int = 1000  # valid instances mined for the pairwise-accuracy evaluation
+    epochs: float = 1.0  # passes over the training tasks (ignored when --steps > 0)
+    steps: int = 0  # optimiser steps; 0 = derived from --epochs
+    batch_size: int = 64  # tasks per step, over all ranks
+    group_size: int = 8  # rollouts per task (G), grpo objective
+    lr: float = 1e-6  # AdamW learning rate (after warm-up)
+    warmup_steps: int = 10  # linear learning-rate warm-up
+    weight_decay: float = 0.0  # AdamW weight decay
+    grad_clip: float = 1.0  # gradient-norm clipping
+    temperature: float = 0.6  # sampling temperature; training log-probs use the same
+    max_tool_calls: int = 10  # T_max, as in stage 1
+    max_turn_tokens: int = 512  # sampled tokens per turn
+    max_context: int = 6144  # tokens per trajectory
+    max_title_chars: int = 0  # shorten titles in prompts (0 = no limit)
+    tools: str = "all"  # comma-separated tool names, "all", or "none"
+    kl_coef: float = 1e-3  # beta; 0 loads no reference model (grpo objective)
+    kl_estimator: str = "k3"  # k1 | k2 | k3
+    clip_eps: float = 0.2  # PPO clip epsilon
+    advantage: str = "mean"  # mean (paper) | std | rloo
+    aggregation: str = "token_mean"  # token_mean | sequence_mean
+    mu: int = 1  # optimiser updates per rollout batch
+    drop_all_negative: bool = True  # dynamic sampling: drop groups whose rewards are all negative
+    drop_all_equal: bool = True  # and groups with equal rewards (no signal with 0 / 1 rewards)
+    refill_rounds: int = 3  # extra rollout rounds to refill dropped groups
+    rollout_groups: int = 0  # groups per engine call; 0 = all at once
+    eval_instances: int = 1000  # valid instances for the ranking H@1 before / after
+    eval_chunk: int = 250  # instances per engine call in evaluation
+    checkpoint_every: int = 50  # steps between checkpoints
+    resume: bool = False  # continue from out/checkpoints/latest
+    dtype: str = "float32"  # float32 | bfloat16
+    threads: int = 2  # torch threads per process
+    seed: int = 0  # all randomness derives from (seed, step, rank)
+    stop_after: int = 0  # stop after this many steps of this run (tests of resume); 0 = no stop
+
+
+# The CPU preset, applied when --model holds train_grpo's preset marker (docs/ppr.md): the stage-1 preset's settings, mining 4,000 train instances, and the logistic
+# objective: the tiny stage-1 model was never taught to answer A / B questions, so sampled answers are invalid and
+# GRPO would see no signal; the likelihood margin needs no valid generation.
+PRESET = dict(objective="logistic", mine_instances=4000, batch_size=32, lr=1e-4, warmup_steps=5,
+              max_turn_tokens=96, max_context=2048, max_title_chars=24, max_tool_calls=4,
+              tools="candidates_analyze,get_similar_users", checkpoint_every=20)
+
+
+def parse_args(argv=None) -> Config:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    comments = G.field_comments(Path(__file__))
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=comments[f.name])
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type), str)
+            parser.add_argument(flag, type=kind, default=None, help=comments[f.name])
+    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    preset = PRESET if (Path(given.get("model", Config.model)) / G.PRESET_MARKER).is_file() else {}
+    cfg = Config(**{**preset, **given})
+    if cfg.objective not in ("grpo", "logistic"):
+        raise SystemExit(f"error: --objective must be grpo or logistic, got {cfg.objective!r}")
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Mining and evaluation
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def mine(rollout: Rollout, instances, cfg: Config, info: D.DistInfo, path: Path, split: str):
+    """Pairs mined from ``instances``: each rank rolls out its share, the (instance, ranking) outcomes are gathered
+    in instance order, and every rank draws the same negatives from them. Written to ``path``."""
+    if cfg.random_negatives:
+        pairs, stats = random_pairs(instances, cfg.seed), {"random_negatives": True, "violations": len(instances)}
+    else:
+        policy = rollout if cfg.mine_sampled else _greedy(rollout)
+        mine_idx = list(range(info.rank, len(instances), info.world))
+        outcomes = []
+        for c in tqdm(range(0, len(mine_idx), cfg.eval_chunk), desc=f"mining {split}", disable=not info.is_main):
+            chunk = mine_idx[c:c + cfg.eval_chunk]
+            seed = cfg.seed + 1_000_003 * info.rank + c
+            outcomes += [(i, t.ranking) for i, t in zip(chunk, policy.run([instances[i] for i in chunk], seed=seed))]
+        outcomes = sorted(o for share in D.all_gather_objects(outcomes, info) for o in share)
+        pairs, stats = mine_pairs([SimpleNamespace(instance=instances[i], ranking=r) for i, r in outcomes], cfg.seed)
+    if info.is_main:
+        write_pairs(path, pairs, stats)
+        log.info("%s pairs: %s", split, {k: v for k, v in stats.items() if not isinstance(v, dict)})
+    return pairs, stats
+
+
+def _greedy(rollout: Rollout) -> Rollout:
+    return Rollout(rollout.engine, rollout.tokenizer, rollout.data, rollout.toolbox,
+                   dataclasses.replace(rollout.cfg, temperature=0.0))
+
+
+def pairwise_accuracy(model, rollout: Rollout, tasks, cfg: Config) -> dict:
+    """Per-task correctness on the valid tasks: the greedy agent's answer (invalid = wrong) and the likelihood
+    margin's sign. Evaluated in one process (every rank gets the same numbers)."""
+    agent = [t.reward == 1.0 for c in range(0, len(tasks), cfg.eval_chunk)
+             for t in _greedy(rollout).run(tasks[c:c + cfg.eval_chunk])]
+    margins = task_margins(model, rollout, tasks, cfg, grad=False)
+    return {"agent": [float(a) for a in agent], "likelihood": (margins > 0).float().tolist(),
+            "agent_accuracy": float(np.mean(agent)), "likelihood_accuracy": float((margins > 0).float().mean())}
+
+
+def task_margins(model, rollout: Rollout, tasks, cfg: Config, grad: bool) -> torch.Tensor:
+    """[T] log pi(correct answer | prompt) - log pi(other answer | prompt) for each task."""
+    answers = {c: rollout.tokenizer.encode(answer_text(c), add_special_tokens=False) for c in "AB"}
+    prompts = [build_prompt(rollout.tokenizer, t, rollout.data, rollout.toolbox, rollout.cfg) for t in tasks]
+    with torch.set_grad_enabled(grad):
+        return choice_margins(model, prompts, answers, [t.answer for t in tasks], cfg.temperature)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The logistic update (the grpo objective is train_grpo.update, unchanged)
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def logistic_update(model, optimizer, rollout: Rollout, tasks, cfg: Config, info: D.DistInfo) -> dict:
+    """One step of Proposition 4.2's loss on this rank's tasks; the mean is over the GLOBAL number of pairs, so the
+    gradient does not depend on the number of ranks. Tasks come in (MORE, LESS) pairs unless unidirectional."""
+    margins = task_margins(model, rollout, tasks, cfg, grad=True)
+    more, less = (margins, None) if cfg.unidirectional else (margins[0::2], margins[1::2])
+    loss, metrics = bidirectional_loss(more, less)
+    global_pairs = D.all_reduce_sum([float(len(more))], info)[0]
+    optimizer.zero_grad(set_to_none=True)
+    (loss * len(more) / global_pairs * info.world).backward()  # FSDP averages gradients over ranks
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    if torch.isfinite(grad_norm):
+        optimizer.step()
+    return {"loss": metrics["loss"], "margin_accuracy": metrics["accuracy"], "grad_norm": float(grad_norm),
+            "nonfinite_skipped": float(not torch.isfinite(grad_norm))}
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Main: config -> setup -> mine -> loop (tasks -> update -> log -> checkpoint) -> before / after report
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> None:
+    cfg = parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*assuming the intent is to (save|load) in a single process")
+    warnings.filterwarnings("ignore", message=".*lr_scheduler.step\\(\\)` before `optimizer.step\\(\\)")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_num_threads(cfg.threads)
+    info = D.init_distributed()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (Path(cfg.model) / "config.json").is_file():
+        raise SystemExit(f"error: --model {cfg.model} is not a model folder; run train_grpo.py first (its out/final)")
+    if cfg.batch_size % info.world or (cfg.objective == "logistic" and not cfg.unidirectional and cfg.batch_size % 2):
+        raise SystemExit(f"error: --batch-size {cfg.batch_size} must split over {info.world} ranks (and be even)")
+
+    # setup (as in train_grpo: the trained model is sharded; rollouts use an unsharded copy)
+    data = load_dataset(cfg.dataset)
+    toolbox = G.make_toolbox(cfg, data)
+    agent_cfg = AgentConfig(max_tool_calls=cfg.max_tool_calls, max_turn_tokens=cfg.max_turn_tokens,
+                            max_context=cfg.max_context, use_tools=cfg.tools != "none",
+                            max_title_chars=cfg.max_title_chars or None, temperature=cfg.temperature)
+    tokenizer = load_tokenizer(cfg.model)
+    model = load_pretrained(cfg.model, dtype=torch.float32 if info.world > 1 else getattr(torch, cfg.dtype),
+                            device=info.device)
+    ref_model = None
+    if cfg.objective == "grpo" and cfg.kl_coef > 0:
+        ref_model = D.shard(G._frozen_copy(model), info, cfg.dtype == "bfloat16")
+    model = D.shard(model, info, cfg.dtype == "bfloat16")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, G.lr_lambda(cfg))
+    rollout_model = D.refresh_rollout_copy(model, None, info)
+    rollout = Rollout(Engine(rollout_model, cfg.max_context), tokenizer, data, toolbox, agent_cfg)
+
+    # mine (train pairs to learn from, valid pairs to measure), then the bidirectional tasks
+    train_instances = load_instances(cfg.dataset, "train")
+    train_instances = train_instances[:cfg.mine_instances] if cfg.mine_instances else train_instances
+    valid = load_instances(cfg.dataset, "valid")
+    train_pairs, mining = mine(rollout, train_instances, cfg, info, out / "pairs_train.jsonl", "train")
+    valid_pairs, valid_mining = mine(rollout, valid[:cfg.valid_mine_instances],
+                                     dataclasses.replace(cfg, random_negatives=False), info,
+                                     out / "pairs_valid.jsonl", "valid")
+    tasks = bidirectional_tasks(train_pairs, cfg.seed, cfg.unidirectional, "train")
+    valid_tasks = bidirectional_tasks(valid_pairs, cfg.seed, False, "valid")
+    if not tasks or not valid_tasks:
+        raise SystemExit("error: mining found no violations to learn from or to measure on")
+    per_unit = 1 if cfg.unidirectional or cfg.objective == "grpo" else 2  # logistic keeps MORE / LESS together
+    units = [tasks[i:i + per_unit] for i in range(0, len(tasks), per_unit)]
+    stream = G.DataStream(units, cfg.seed, info)
+    steps = cfg.steps or math.ceil(cfg.epochs * len(tasks) / cfg.batch_size)
+    start = G.load_checkpoint(model, optimizer, scheduler, stream, info, out) if cfg.resume else 0
+    rollout.engine.model = rollout_model = D.refresh_rollout_copy(model, rollout_model, info)
+    metrics_file = open(out / "metrics.jsonl", "a") if info.is_main else None
+    before = _evaluation(model, rollout, valid_tasks, valid[:cfg.eval_instances], cfg, info, out, start)
+
+    # loop
+    bar = tqdm(range(start, steps), desc=f"PPR ({cfg.objective})", disable=not info.is_main, initial=start,
+               total=steps)
+    for step in bar:
+        t0 = time.perf_counter()
+        record = {"step": step + 1}
+        if cfg.objective == "grpo":
+            rollout.engine.model = rollout_model = D.refresh_rollout_copy(model, rollout_model, info)
+            groups, weights, trajectories, dropped, padded = G.collect_groups(rollout, _Flat(stream), cfg, step, info)
+            record.update({**G.summarize(trajectories, info), **G.group_stats(trajectories, cfg.group_size, info),
+                           **G._update_metrics(G.update(model, ref_model, optimizer, groups, weights, cfg, info),
+                                               info), "dropped_groups": D.all_reduce_sum([dropped], info)[0]})
+        else:
+            batch = [t for unit in stream.take(cfg.batch_size // info.world // per_unit) for t in unit]
+            record.update(logistic_update(model, optimizer, rollout, batch, cfg, info))
+        scheduler.step()
+        record.update({"lr": scheduler.get_last_lr()[0], "step_s": time.perf_counter() - t0})
+        G._log(metrics_file, record)
+        bar.set_postfix(loss=f"{record.get('loss', 0.0):.3f}")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == steps:
+            G.save_checkpoint(model, optimizer, scheduler, stream, step + 1, cfg, info, out)
+        if cfg.stop_after and step + 1 - start >= cfg.stop_after:
+            D.shutdown(info)
+            return
+
+    rollout.engine.model = D.refresh_rollout_copy(model, rollout_model, info)
+    after = _evaluation(model, rollout, valid_tasks, valid[:cfg.eval_instances], cfg, info, out, steps)
+    G.export(model, info, out / "final", tokenizer)
+    if info.is_main:
+        report(out, before, after, mining, valid_mining)
+    D.shutdown(info)
+
+
+class _Flat:
+    """A DataStream of one-task units seen as a stream of tasks (what train_grpo.collect_groups takes)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def take(self, n: int):
+        return [unit[0] for unit in self.stream.take(n)]
+
+
+def _evaluation(model, rollout, valid_tasks, valid_instances, cfg: Config, info, out: Path, step: int) -> dict:
+    """Pairwise accuracy on the valid tasks and the ranking task's target ranks, saved in out/evals/; a resumed
+    run reads the step-0 evaluation back instead of recomputing it on a changed model."""
+    path = out / "evals" / f"step_{step:06d}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    ranking, ranks = G.evaluate(_greedy(rollout), valid_instances, info, cfg.eval_chunk)
+    result = {"step": step, **pairwise_accuracy(model, rollout, valid_tasks, cfg), "ranks": ranks,
+              "eval_H@1": ranking["eval_H@1"], "eval_N@10": ranking["eval_N@10"], "eval_valid": ranking["eval_valid"]}
+    if info.is_main:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(result))
+    return result
+
+
+def report(out: Path, before: dict, after: dict, mining: dict, valid_mining: dict) -> dict:
+    """Before vs after with paired bootstrap CIs; printed and written to out/report.json."""
+    hit1 = [[float(r == 1) for r in e["ranks"]] for e in (before, after)]
+    rows = {"pairwise accuracy, agent answer (greedy, tools)": paired_bootstrap(before["agent"], after["agent"]),
+            "pairwise accuracy, likelihood margin": paired_bootstrap(before["likelihood"], after["likelihood"]),
+            "ranking H@1 on valid instances": paired_bootstrap(*hit1)}
+    means = {"pairwise accuracy, agent answer (greedy, tools)": (before["agent_accuracy"], after["agent_accuracy"]),
+             "pairwise accuracy, likelihood margin": (before["likelihood_accuracy"], after["likelihood_accuracy"]),
+             "ranking H@1 on valid instances": (float(np.mean(hit1[0])), float(np.mean(hit1[1])))}
+    lines = [f"train pairs: {mining.get('violations')} (violation rate {mining.get('violation_rate', 1.0):.3f}); "
+             f"valid pairs: {valid_mining['violations']} ({len(before['agent'])} tasks)",
+             f"{'metric':<50}{'before':>8}{'after':>8}   change [95% CI]"]
+    for name, ci in rows.items():
+        lines.append(f"{name:<50}{means[name][0]:>8.3f}{means[name][1]:>8.3f}   {ci['diff']:+.4f} "
+                     f"[{ci['lo']:+.4f}, {ci['hi']:+.4f}]")
+    print("\n".join(lines), flush=True)
+    result = {"rows": {k: {"before": means[k][0], "after": means[k][1], **rows[k]} for k in rows},
+              "mining": mining, "valid_mining": valid_mining}
+    (out / "report.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
