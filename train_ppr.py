@@ -10,7 +10,8 @@ How this differs from the paper's description (docs/ppr.md has the math):
 2. Dynamic sampling drops groups with equal rewards by default: with 0 / 1 rewards an all-correct or all-wrong group
    has no signal (stage 1 drops only all-negative groups).
 3. ``--objective logistic`` trains Proposition 4.2's loss directly: the margin is the log-likelihood of answering
-   c+ minus that of c- (MORE), and of c- minus c+ (LESS), given the task's prompt (no tool calls).
+   c+ minus that of c- (MORE), and of c- minus c+ (LESS), in the context the policy builds for the task (its greedy
+   tool calls and observations, up to where its answer begins).
 4. Ablations the paper lacks: ``--unidirectional`` (MORE only) and ``--random-negatives``.
 5. Pairwise accuracy on valid pairs mined the same way, before and after, two ways: the greedy agent's answer
    (with tools) and the likelihood margin; plus the ranking task's H@1 on valid instances, each with a paired
@@ -36,7 +37,7 @@ from tqdm.auto import tqdm
 
 import train_grpo as G
 from agenticrec import distributed as D
-from agenticrec.agent import AgentConfig, Rollout, build_prompt
+from agenticrec.agent import AgentConfig, Rollout
 from agenticrec.data import load_dataset, load_instances
 from agenticrec.engine import Engine
 from agenticrec.model import load_pretrained
@@ -150,22 +151,36 @@ def _greedy(rollout: Rollout) -> Rollout:
                    dataclasses.replace(rollout.cfg, temperature=0.0))
 
 
+def answer_contexts(rollout: Rollout, tasks, cfg: Config):
+    """(contexts, trajectories): the policy's greedy rollout of each task, and its ids up to the start of its last
+    turn — the prompt plus the policy's own tool calls and observations, where its answer would begin."""
+    trajectories = [t for c in range(0, len(tasks), cfg.eval_chunk)
+                    for t in _greedy(rollout).run(tasks[c:c + cfg.eval_chunk])]
+    return [t.ids[:_last_turn_start(t.mask)] for t in trajectories], trajectories
+
+
+def _last_turn_start(mask: list[int]) -> int:
+    end = len(mask)
+    while end > 0 and mask[end - 1] == 1:
+        end -= 1
+    return end
+
+
 def pairwise_accuracy(model, rollout: Rollout, tasks, cfg: Config) -> dict:
-    """Per-task correctness on the valid tasks: the greedy agent's answer (invalid = wrong) and the likelihood
-    margin's sign. Evaluated in one process (every rank gets the same numbers)."""
-    agent = [t.reward == 1.0 for c in range(0, len(tasks), cfg.eval_chunk)
-             for t in _greedy(rollout).run(tasks[c:c + cfg.eval_chunk])]
-    margins = task_margins(model, rollout, tasks, cfg, grad=False)
-    return {"agent": [float(a) for a in agent], "likelihood": (margins > 0).float().tolist(),
-            "agent_accuracy": float(np.mean(agent)), "likelihood_accuracy": float((margins > 0).float().mean())}
+    """Per-task correctness on the valid tasks: the greedy agent's answer (invalid = wrong), and the sign of the
+    likelihood margin in the same context. Evaluated in every process on all tasks (identical numbers)."""
+    contexts, trajectories = answer_contexts(rollout, tasks, cfg)
+    agent = [float(t.reward == 1.0) for t in trajectories]
+    right = (task_margins(model, rollout, tasks, contexts, cfg, grad=False) > 0).float()
+    return {"agent": agent, "likelihood": right.tolist(), "agent_accuracy": float(np.mean(agent)),
+            "likelihood_accuracy": float(right.mean())}
 
 
-def task_margins(model, rollout: Rollout, tasks, cfg: Config, grad: bool) -> torch.Tensor:
-    """[T] log pi(correct answer | prompt) - log pi(other answer | prompt) for each task."""
+def task_margins(model, rollout: Rollout, tasks, contexts, cfg: Config, grad: bool) -> torch.Tensor:
+    """[T] log pi(correct answer | context) - log pi(other answer | context) for each task."""
     answers = {c: rollout.tokenizer.encode(answer_text(c), add_special_tokens=False) for c in "AB"}
-    prompts = [build_prompt(rollout.tokenizer, t, rollout.data, rollout.toolbox, rollout.cfg) for t in tasks]
     with torch.set_grad_enabled(grad):
-        return choice_margins(model, prompts, answers, [t.answer for t in tasks], cfg.temperature)
+        return choice_margins(model, contexts, answers, [t.answer for t in tasks], cfg.temperature)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -174,9 +189,11 @@ def task_margins(model, rollout: Rollout, tasks, cfg: Config, grad: bool) -> tor
 
 
 def logistic_update(model, optimizer, rollout: Rollout, tasks, cfg: Config, info: D.DistInfo) -> dict:
-    """One step of Proposition 4.2's loss on this rank's tasks; the mean is over the GLOBAL number of pairs, so the
-    gradient does not depend on the number of ranks. Tasks come in (MORE, LESS) pairs unless unidirectional."""
-    margins = task_margins(model, rollout, tasks, cfg, grad=True)
+    """One step of Proposition 4.2's loss on this rank's tasks, each scored in the context the policy builds for it
+    (its greedy tool calls and observations). The mean is over the GLOBAL number of pairs, so the gradient does not
+    depend on the number of ranks. Tasks come in (MORE, LESS) pairs unless unidirectional."""
+    contexts, _ = answer_contexts(rollout, tasks, cfg)
+    margins = task_margins(model, rollout, tasks, contexts, cfg, grad=True)
     more, less = (margins, None) if cfg.unidirectional else (margins[0::2], margins[1::2])
     loss, metrics = bidirectional_loss(more, less)
     global_pairs = D.all_reduce_sum([float(len(more))], info)[0]
@@ -260,6 +277,7 @@ def main(argv=None) -> None:
                            **G._update_metrics(G.update(model, ref_model, optimizer, groups, weights, cfg, info),
                                                info), "dropped_groups": D.all_reduce_sum([dropped], info)[0]})
         else:
+            rollout.engine.model = rollout_model = D.refresh_rollout_copy(model, rollout_model, info)
             batch = [t for unit in stream.take(cfg.batch_size // info.world // per_unit) for t in unit]
             record.update(logistic_update(model, optimizer, rollout, batch, cfg, info))
         scheduler.step()
