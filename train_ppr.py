@@ -42,7 +42,7 @@ from agenticrec.data import load_dataset, load_instances
 from agenticrec.engine import Engine
 from agenticrec.model import load_pretrained
 from agenticrec.ppr import (answer_text, bidirectional_loss, bidirectional_tasks, choice_margins, mine_pairs,
-                            random_pairs, write_pairs)
+                            random_pairs, read_pairs, write_pairs)
 from agenticrec.stats import paired_bootstrap
 from agenticrec.tokenizer import load_tokenizer
 
@@ -94,9 +94,9 @@ class Config:
     stop_after: int = 0  # stop after this many steps of this run (tests of resume); 0 = no stop
 
 
-# The CPU preset, applied when --model holds train_grpo's preset marker (docs/ppr.md): the stage-1 preset's settings, mining 4,000 train instances, and the logistic
-# objective: the tiny stage-1 model was never taught to answer A / B questions, so sampled answers are invalid and
-# GRPO would see no signal; the likelihood margin needs no valid generation.
+# The CPU preset, applied when --model holds train_grpo's preset marker (docs/ppr.md): stage 1's preset settings,
+# mining 4,000 train instances, and the logistic objective: the tiny stage-1 model was never taught to answer A / B
+# questions, so its sampled answers are invalid and GRPO would see no signal; the likelihood margin needs none.
 PRESET = dict(objective="logistic", mine_instances=4000, batch_size=32, lr=1e-4, warmup_steps=5,
               max_turn_tokens=96, max_context=2048, max_title_chars=24, max_tool_calls=4,
               tools="candidates_analyze,get_similar_users", checkpoint_every=20)
@@ -144,6 +144,13 @@ def mine(rollout: Rollout, instances, cfg: Config, info: D.DistInfo, path: Path,
         write_pairs(path, pairs, stats)
         log.info("%s pairs: %s", split, {k: v for k, v in stats.items() if not isinstance(v, dict)})
     return pairs, stats
+
+
+def _mined(path: Path):
+    """(pairs, statistics) written by ``mine``; a clear error when they are missing."""
+    if not path.is_file():
+        raise SystemExit(f"error: --resume but {path} is missing (the pairs are mined once, at the start of a run)")
+    return read_pairs(path), json.loads(path.with_suffix(".stats.json").read_text())
 
 
 def _greedy(rollout: Rollout) -> Rollout:
@@ -247,10 +254,14 @@ def main(argv=None) -> None:
     train_instances = load_instances(cfg.dataset, "train")
     train_instances = train_instances[:cfg.mine_instances] if cfg.mine_instances else train_instances
     valid = load_instances(cfg.dataset, "valid")
-    train_pairs, mining = mine(rollout, train_instances, cfg, info, out / "pairs_train.jsonl", "train")
-    valid_pairs, valid_mining = mine(rollout, valid[:cfg.valid_mine_instances],
-                                     dataclasses.replace(cfg, random_negatives=False), info,
-                                     out / "pairs_valid.jsonl", "valid")
+    if cfg.resume:  # the pairs the interrupted run mined with the stage-1 policy, not the half-trained one
+        (train_pairs, mining), (valid_pairs, valid_mining) = (_mined(out / f"pairs_{split}.jsonl")
+                                                              for split in ("train", "valid"))
+    else:
+        train_pairs, mining = mine(rollout, train_instances, cfg, info, out / "pairs_train.jsonl", "train")
+        valid_pairs, valid_mining = mine(rollout, valid[:cfg.valid_mine_instances],
+                                         dataclasses.replace(cfg, random_negatives=False), info,
+                                         out / "pairs_valid.jsonl", "valid")
     tasks = bidirectional_tasks(train_pairs, cfg.seed, cfg.unidirectional, "train")
     valid_tasks = bidirectional_tasks(valid_pairs, cfg.seed, False, "valid")
     if not tasks or not valid_tasks:
