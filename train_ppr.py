@@ -59,6 +59,7 @@ class Config:
     random_negatives: bool = False  # c- uniform over the other candidates instead of mined (ablation)
     mine_instances: int = 0  # train instances to mine (0 = all)
     mine_sampled: bool = False  # mine with rollouts sampled at --temperature (default: greedy)
+    pairs_from: str = ""  # reuse the pairs an earlier run mined (its out folder): ablations on the same pairs
     valid_mine_instances: int = 1000  # valid instances mined for the pairwise-accuracy evaluation
     epochs: float = 1.0  # passes over the training tasks (ignored when --steps > 0)
     steps: int = 0  # optimiser steps; 0 = derived from --epochs
@@ -149,7 +150,7 @@ def mine(rollout: Rollout, instances, cfg: Config, info: D.DistInfo, path: Path,
 def _mined(path: Path):
     """(pairs, statistics) written by ``mine``; a clear error when they are missing."""
     if not path.is_file():
-        raise SystemExit(f"error: --resume but {path} is missing (the pairs are mined once, at the start of a run)")
+        raise SystemExit(f"error: {path} is missing (pairs are mined once, at the start of a run, into its out/)")
     return read_pairs(path), json.loads(path.with_suffix(".stats.json").read_text())
 
 
@@ -254,9 +255,13 @@ def main(argv=None) -> None:
     train_instances = load_instances(cfg.dataset, "train")
     train_instances = train_instances[:cfg.mine_instances] if cfg.mine_instances else train_instances
     valid = load_instances(cfg.dataset, "valid")
-    if cfg.resume:  # the pairs the interrupted run mined with the stage-1 policy, not the half-trained one
-        (train_pairs, mining), (valid_pairs, valid_mining) = (_mined(out / f"pairs_{split}.jsonl")
+    if cfg.resume or cfg.pairs_from:  # resume: the pairs mined with the stage-1 policy, not the half-trained one
+        source = out if cfg.resume else Path(cfg.pairs_from)
+        (train_pairs, mining), (valid_pairs, valid_mining) = (_mined(source / f"pairs_{split}.jsonl")
                                                               for split in ("train", "valid"))
+        if info.is_main and source != out:  # this run's out/ holds the pairs it trained on (and resumes with)
+            write_pairs(out / "pairs_train.jsonl", train_pairs, mining)
+            write_pairs(out / "pairs_valid.jsonl", valid_pairs, valid_mining)
     else:
         train_pairs, mining = mine(rollout, train_instances, cfg, info, out / "pairs_train.jsonl", "train")
         valid_pairs, valid_mining = mine(rollout, valid[:cfg.valid_mine_instances],

@@ -60,6 +60,18 @@ def test_grpo_objective_runs_the_stage_1_update(policy, tmp_path):
     assert records[0]["n"] >= 4 and records[0]["valid"] == 0.0  # random policy: invalid A / B answers, reward -1
 
 
+def test_pairs_from_reuses_an_earlier_runs_pairs(policy, tmp_path, monkeypatch):
+    args = ["--model", str(policy), *SMALL, "--objective", "logistic", "--steps", "1"]
+    train_ppr.main(args + ["--out", str(tmp_path / "first"), "--seed", "1"])
+    monkeypatch.setattr(train_ppr, "mine", lambda *a: pytest.fail("--pairs-from must not mine"))
+    train_ppr.main(args + ["--out", str(tmp_path / "second"), "--pairs-from", str(tmp_path / "first")])
+    for split in ("train", "valid"):
+        assert read_pairs(tmp_path / "second" / f"pairs_{split}.jsonl") == \
+            read_pairs(tmp_path / "first" / f"pairs_{split}.jsonl")
+    with pytest.raises(SystemExit, match="pairs_train.jsonl is missing"):
+        train_ppr.main(args + ["--out", str(tmp_path / "third"), "--pairs-from", str(tmp_path / "nowhere")])
+
+
 def test_unknown_objective_is_a_clear_error(policy):
     with pytest.raises(SystemExit, match="--objective must be grpo or logistic"):
         train_ppr.parse_args(["--model", str(policy), "--objective", "dpo"])
