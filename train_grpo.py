@@ -108,18 +108,24 @@ PRESET_MARKER = "agenticrec_preset.json"  # written into out/final by a preset r
 
 
 def parse_args(argv=None) -> Config:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    comments = field_comments(Path(__file__))
-    for f in dataclasses.fields(Config):
+    given = parse_flags(Config, Path(__file__), __doc__, argv)
+    preset = PRESET if given.get("model", Config.model) == "preset" else {}
+    return Config(**{**preset, **given})
+
+
+def parse_flags(config_class, script: Path, doc: str, argv=None) -> dict:
+    """One flag per field of a Config dataclass (``--batch-size``; booleans get ``--x / --no-x``), its trailing
+    comment as the help; returns only the flags given, so that presets can fill the rest."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    comments = field_comments(script)
+    for f in dataclasses.fields(config_class):
         flag = "--" + f.name.replace("_", "-")
         if f.type in ("bool", bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=comments[f.name])
         else:
             kind = {"int": int, "float": float}.get(str(f.type), str)
             parser.add_argument(flag, type=kind, default=None, help=comments[f.name])
-    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
-    preset = PRESET if given.get("model", Config.model) == "preset" else {}
-    return Config(**{**preset, **given})
+    return {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
 
 
 def field_comments(script: Path) -> dict[str, str]:

@@ -20,7 +20,6 @@ How this differs from the paper's description (docs/ppr.md has the math):
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -104,16 +103,7 @@ PRESET = dict(objective="logistic", mine_instances=4000, batch_size=32, lr=1e-4,
 
 
 def parse_args(argv=None) -> Config:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    comments = G.field_comments(Path(__file__))
-    for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=comments[f.name])
-        else:
-            kind = {"int": int, "float": float}.get(str(f.type), str)
-            parser.add_argument(flag, type=kind, default=None, help=comments[f.name])
-    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    given = G.parse_flags(Config, Path(__file__), __doc__, argv)
     preset = PRESET if (Path(given.get("model", Config.model)) / G.PRESET_MARKER).is_file() else {}
     cfg = Config(**{**preset, **given})
     if cfg.objective not in ("grpo", "logistic"):
