@@ -10,8 +10,8 @@ How this differs from the paper's description (docs/ppr.md has the math):
 2. Dynamic sampling drops groups with equal rewards by default: with 0 / 1 rewards an all-correct or all-wrong group
    has no signal (stage 1 drops only all-negative groups).
 3. ``--objective logistic`` trains Proposition 4.2's loss directly: the margin is the log-likelihood of answering
-   c+ minus that of c- (MORE), and of c- minus c+ (LESS), in the context the policy builds for the task (its greedy
-   tool calls and observations, up to where its answer begins).
+   c+ minus that of c- (MORE), and of c- minus c+ (LESS), in the context the stage-1 policy builds for the task (its
+   greedy tool calls and observations, up to where its answer begins).
 4. Ablations the paper lacks: ``--unidirectional`` (MORE only) and ``--random-negatives``.
 5. Pairwise accuracy on valid pairs mined the same way, before and after, two ways: the greedy agent's answer
    (with tools) and the likelihood margin; plus the ranking task's H@1 on valid instances, each with a paired
@@ -151,7 +151,9 @@ def _greedy(rollout: Rollout) -> Rollout:
 
 def answer_contexts(rollout: Rollout, tasks, cfg: Config):
     """(contexts, trajectories): the policy's greedy rollout of each task, and its ids up to the start of its last
-    turn — the prompt plus the policy's own tool calls and observations, where its answer would begin."""
+    turn — the prompt plus the policy's own tool calls and observations, where its answer would begin. Built once,
+    with the STAGE-1 policy: contexts rebuilt by the model being trained drift (on the preset its early updates
+    made it stop calling tools, and the evidence vanished from the context it was scored in)."""
     trajectories = [t for c in range(0, len(tasks), cfg.eval_chunk)
                     for t in _greedy(rollout).run(tasks[c:c + cfg.eval_chunk])]
     return [t.ids[:_last_turn_start(t.mask)] for t in trajectories], trajectories
@@ -164,11 +166,11 @@ def _last_turn_start(mask: list[int]) -> int:
     return end
 
 
-def pairwise_accuracy(model, rollout: Rollout, tasks, cfg: Config) -> dict:
-    """Per-task correctness on the valid tasks: the greedy agent's answer (invalid = wrong), and the sign of the
-    likelihood margin in the same context. Evaluated in every process on all tasks (identical numbers)."""
-    contexts, trajectories = answer_contexts(rollout, tasks, cfg)
-    agent = [float(t.reward == 1.0) for t in trajectories]
+def pairwise_accuracy(model, rollout: Rollout, tasks, contexts, cfg: Config) -> dict:
+    """Per-task correctness on the valid tasks: the current policy's greedy answer (invalid = wrong), and the sign
+    of the likelihood margin in the stage-1 context. Evaluated in every process on all tasks (identical numbers)."""
+    agent = [float(t.reward == 1.0) for c in range(0, len(tasks), cfg.eval_chunk)
+             for t in _greedy(rollout).run(tasks[c:c + cfg.eval_chunk])]
     right = (task_margins(model, rollout, tasks, contexts, cfg, grad=False) > 0).float()
     return {"agent": agent, "likelihood": right.tolist(), "agent_accuracy": float(np.mean(agent)),
             "likelihood_accuracy": float(right.mean())}
@@ -186,11 +188,10 @@ def task_margins(model, rollout: Rollout, tasks, contexts, cfg: Config, grad: bo
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def logistic_update(model, optimizer, rollout: Rollout, tasks, cfg: Config, info: D.DistInfo) -> dict:
-    """One step of Proposition 4.2's loss on this rank's tasks, each scored in the context the policy builds for it
-    (its greedy tool calls and observations). The mean is over the GLOBAL number of pairs, so the gradient does not
-    depend on the number of ranks. Tasks come in (MORE, LESS) pairs unless unidirectional."""
-    contexts, _ = answer_contexts(rollout, tasks, cfg)
+def logistic_update(model, optimizer, rollout: Rollout, tasks, contexts, cfg: Config, info: D.DistInfo) -> dict:
+    """One step of Proposition 4.2's loss on this rank's tasks, each scored in its stage-1 context
+    (``answer_contexts``). The mean is over the GLOBAL number of pairs, so the gradient does not depend on the
+    number of ranks. Tasks come in (MORE, LESS) pairs unless unidirectional."""
     margins = task_margins(model, rollout, tasks, contexts, cfg, grad=True)
     more, less = (margins, None) if cfg.unidirectional else (margins[0::2], margins[1::2])
     loss, metrics = bidirectional_loss(more, less)
@@ -262,13 +263,16 @@ def main(argv=None) -> None:
     if not tasks or not valid_tasks:
         raise SystemExit("error: mining found no violations to learn from or to measure on")
     per_unit = 1 if cfg.unidirectional or cfg.objective == "grpo" else 2  # logistic keeps MORE / LESS together
-    units = [tasks[i:i + per_unit] for i in range(0, len(tasks), per_unit)]
+    # every rank builds every context (simple and deterministic; a rank-split + gather would save time at scale)
+    contexts = answer_contexts(rollout, tasks, cfg)[0] if cfg.objective == "logistic" else [None] * len(tasks)
+    valid_contexts = answer_contexts(rollout, valid_tasks, cfg)[0]  # built before a resumed checkpoint is loaded
+    units = [list(zip(tasks, contexts))[i:i + per_unit] for i in range(0, len(tasks), per_unit)]
     stream = G.DataStream(units, cfg.seed, info)
     steps = cfg.steps or math.ceil(cfg.epochs * len(tasks) / cfg.batch_size)
     start = G.load_checkpoint(model, optimizer, scheduler, stream, info, out) if cfg.resume else 0
     rollout.engine.model = rollout_model = D.refresh_rollout_copy(model, rollout_model, info)
     metrics_file = open(out / "metrics.jsonl", "a") if info.is_main else None
-    before = _evaluation(model, rollout, valid_tasks, valid[:cfg.eval_instances], cfg, info, out, start)
+    before = _evaluation(model, rollout, valid_tasks, valid_contexts, valid[:cfg.eval_instances], cfg, info, out, start)
 
     # loop
     bar = tqdm(range(start, steps), desc=f"PPR ({cfg.objective})", disable=not info.is_main, initial=start,
@@ -284,8 +288,9 @@ def main(argv=None) -> None:
                                                info), "dropped_groups": D.all_reduce_sum([dropped], info)[0]})
         else:
             rollout.engine.model = rollout_model = D.refresh_rollout_copy(model, rollout_model, info)
-            batch = [t for unit in stream.take(cfg.batch_size // info.world // per_unit) for t in unit]
-            record.update(logistic_update(model, optimizer, rollout, batch, cfg, info))
+            batch = [tc for unit in stream.take(cfg.batch_size // info.world // per_unit) for tc in unit]
+            record.update(logistic_update(model, optimizer, rollout, [t for t, _ in batch], [c for _, c in batch],
+                                          cfg, info))
         scheduler.step()
         record.update({"lr": scheduler.get_last_lr()[0], "step_s": time.perf_counter() - t0})
         G._log(metrics_file, record)
@@ -297,7 +302,7 @@ def main(argv=None) -> None:
             return
 
     rollout.engine.model = D.refresh_rollout_copy(model, rollout_model, info)
-    after = _evaluation(model, rollout, valid_tasks, valid[:cfg.eval_instances], cfg, info, out, steps)
+    after = _evaluation(model, rollout, valid_tasks, valid_contexts, valid[:cfg.eval_instances], cfg, info, out, steps)
     G.export(model, info, out / "final", tokenizer)
     if info.is_main:
         report(out, before, after, mining, valid_mining)
@@ -311,17 +316,18 @@ class _Flat:
         self.stream = stream
 
     def take(self, n: int):
-        return [unit[0] for unit in self.stream.take(n)]
+        return [unit[0][0] for unit in self.stream.take(n)]  # the task of each (task, context) unit
 
 
-def _evaluation(model, rollout, valid_tasks, valid_instances, cfg: Config, info, out: Path, step: int) -> dict:
+def _evaluation(model, rollout, valid_tasks, valid_contexts, valid_instances, cfg: Config, info, out: Path,
+                step: int) -> dict:
     """Pairwise accuracy on the valid tasks and the ranking task's target ranks, saved in out/evals/; a resumed
     run reads the step-0 evaluation back instead of recomputing it on a changed model."""
     path = out / "evals" / f"step_{step:06d}.json"
     if path.is_file():
         return json.loads(path.read_text())
     ranking, ranks = G.evaluate(_greedy(rollout), valid_instances, info, cfg.eval_chunk)
-    result = {"step": step, **pairwise_accuracy(model, rollout, valid_tasks, cfg), "ranks": ranks,
+    result = {"step": step, **pairwise_accuracy(model, rollout, valid_tasks, valid_contexts, cfg), "ranks": ranks,
               "eval_H@1": ranking["eval_H@1"], "eval_N@10": ranking["eval_N@10"], "eval_valid": ranking["eval_valid"]}
     if info.is_main:
         path.parent.mkdir(exist_ok=True)
