@@ -292,13 +292,22 @@ def _group_tensors(group, device):
 # ------------------------------------------------------------------------------------------------------------------
 
 
+def greedy_rollout(rollout: Rollout) -> Rollout:
+    """The same rollout (engine, tools, budgets) with greedy decoding."""
+    return Rollout(rollout.engine, rollout.tokenizer, rollout.data, rollout.toolbox,
+                   dataclasses.replace(rollout.cfg, temperature=0.0))
+
+
+def greedy_run(rollout: Rollout, instances, chunk: int) -> list:
+    """Greedy trajectories of ``instances``, ``chunk`` per engine call (bounds the KV cache)."""
+    greedy = greedy_rollout(rollout)
+    return [t for c in range(0, len(instances), chunk) for t in greedy.run(instances[c:c + chunk])]
+
+
 def evaluate(rollout: Rollout, instances, info: D.DistInfo, chunk: int = 250) -> tuple[dict, list[int]]:
     """Greedy rollouts on fixed valid instances (split over ranks, ``chunk`` per engine call): metrics summed over
     ranks, and every instance's target rank in order (0 = absent or invalid; for paired comparisons)."""
-    mine = instances[info.rank::info.world]
-    greedy = Rollout(rollout.engine, rollout.tokenizer, rollout.data, rollout.toolbox,
-                     dataclasses.replace(rollout.cfg, temperature=0.0))
-    trajectories = [t for c in range(0, len(mine), chunk) for t in greedy.run(mine[c:c + chunk])]
+    trajectories = greedy_run(rollout, instances[info.rank::info.world], chunk)
     ranks = [0.0] * len(instances)
     for i, t in zip(range(info.rank, len(instances), info.world), trajectories):
         ranks[i] = float(t.rank or 0)
@@ -448,8 +457,8 @@ def export(model, info: D.DistInfo, folder: Path, tokenizer=None) -> None:
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def main(argv=None) -> None:
-    cfg = parse_args(argv)
+def start_run(cfg) -> tuple[D.DistInfo, Path]:
+    """Logging, pinned threads, the process group and the output folder: the start of every training script."""
     warnings.filterwarnings("ignore", message=".*assuming the intent is to (save|load) in a single process")
     warnings.filterwarnings("ignore", message=".*lr_scheduler.step\\(\\)` before `optimizer.step\\(\\)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -457,15 +466,26 @@ def main(argv=None) -> None:
     info = D.init_distributed()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    return info, out
+
+
+def agent_config(cfg) -> AgentConfig:
+    """The rollout settings a training Config names."""
+    return AgentConfig(max_tool_calls=cfg.max_tool_calls, max_turn_tokens=cfg.max_turn_tokens,
+                       max_context=cfg.max_context, use_tools=cfg.tools != "none",
+                       max_title_chars=cfg.max_title_chars or None, temperature=cfg.temperature)
+
+
+def main(argv=None) -> None:
+    cfg = parse_args(argv)
+    info, out = start_run(cfg)
     if cfg.batch_size % info.world:
         raise SystemExit(f"error: --batch-size {cfg.batch_size} is not divisible by {info.world} ranks")
 
     # setup
     data = load_dataset(cfg.dataset)
     toolbox = make_toolbox(cfg, data)
-    agent_cfg = AgentConfig(max_tool_calls=cfg.max_tool_calls, max_turn_tokens=cfg.max_turn_tokens,
-                            max_context=cfg.max_context, use_tools=cfg.tools != "none",
-                            max_title_chars=cfg.max_title_chars or None, temperature=cfg.temperature)
+    agent_cfg = agent_config(cfg)
     model, tokenizer = build_policy(cfg, data, toolbox, agent_cfg, info, out)
     ref_model = None
     if cfg.kl_coef > 0:

@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -36,7 +35,7 @@ from tqdm.auto import tqdm
 
 import train_grpo as G
 from agenticrec import distributed as D
-from agenticrec.agent import AgentConfig, Rollout
+from agenticrec.agent import Rollout
 from agenticrec.data import load_dataset, load_instances
 from agenticrec.engine import Engine
 from agenticrec.model import load_pretrained
@@ -122,7 +121,7 @@ def mine(rollout: Rollout, instances, cfg: Config, info: D.DistInfo, path: Path,
     if cfg.random_negatives:
         pairs, stats = random_pairs(instances, cfg.seed), {"random_negatives": True, "violations": len(instances)}
     else:
-        policy = rollout if cfg.mine_sampled else _greedy(rollout)
+        policy = rollout if cfg.mine_sampled else G.greedy_rollout(rollout)
         mine_idx = list(range(info.rank, len(instances), info.world))
         outcomes = []
         for c in tqdm(range(0, len(mine_idx), cfg.eval_chunk), desc=f"mining {split}", disable=not info.is_main):
@@ -144,18 +143,12 @@ def _mined(path: Path):
     return read_pairs(path), json.loads(path.with_suffix(".stats.json").read_text())
 
 
-def _greedy(rollout: Rollout) -> Rollout:
-    return Rollout(rollout.engine, rollout.tokenizer, rollout.data, rollout.toolbox,
-                   dataclasses.replace(rollout.cfg, temperature=0.0))
-
-
 def answer_contexts(rollout: Rollout, tasks, cfg: Config):
     """(contexts, trajectories): the policy's greedy rollout of each task, and its ids up to the start of its last
     turn — the prompt plus the policy's own tool calls and observations, where its answer would begin. Built once,
     with the STAGE-1 policy: contexts rebuilt by the model being trained drift (on the preset its early updates
     made it stop calling tools, and the evidence vanished from the context it was scored in)."""
-    trajectories = [t for c in range(0, len(tasks), cfg.eval_chunk)
-                    for t in _greedy(rollout).run(tasks[c:c + cfg.eval_chunk])]
+    trajectories = G.greedy_run(rollout, tasks, cfg.eval_chunk)
     return [t.ids[:_last_turn_start(t.mask)] for t in trajectories], trajectories
 
 
@@ -169,8 +162,7 @@ def _last_turn_start(mask: list[int]) -> int:
 def pairwise_accuracy(model, rollout: Rollout, tasks, contexts, cfg: Config) -> dict:
     """Per-task correctness on the valid tasks: the current policy's greedy answer (invalid = wrong), and the sign
     of the likelihood margin in the stage-1 context. Evaluated in every process on all tasks (identical numbers)."""
-    agent = [float(t.reward == 1.0) for c in range(0, len(tasks), cfg.eval_chunk)
-             for t in _greedy(rollout).run(tasks[c:c + cfg.eval_chunk])]
+    agent = [float(t.reward == 1.0) for t in G.greedy_run(rollout, tasks, cfg.eval_chunk)]
     right = (task_margins(model, rollout, tasks, contexts, cfg, grad=False) > 0).float()
     return {"agent": agent, "likelihood": right.tolist(), "agent_accuracy": float(np.mean(agent)),
             "likelihood_accuracy": float(right.mean())}
@@ -212,13 +204,7 @@ def logistic_update(model, optimizer, rollout: Rollout, tasks, contexts, cfg: Co
 
 def main(argv=None) -> None:
     cfg = parse_args(argv)
-    warnings.filterwarnings("ignore", message=".*assuming the intent is to (save|load) in a single process")
-    warnings.filterwarnings("ignore", message=".*lr_scheduler.step\\(\\)` before `optimizer.step\\(\\)")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    torch.set_num_threads(cfg.threads)
-    info = D.init_distributed()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    info, out = G.start_run(cfg)
     if not (Path(cfg.model) / "config.json").is_file():
         raise SystemExit(f"error: --model {cfg.model} is not a model folder; run train_grpo.py first (its out/final)")
     if cfg.batch_size % info.world or (cfg.objective == "logistic" and not cfg.unidirectional and cfg.batch_size % 2):
@@ -227,9 +213,7 @@ def main(argv=None) -> None:
     # setup (as in train_grpo: the trained model is sharded; rollouts use an unsharded copy)
     data = load_dataset(cfg.dataset)
     toolbox = G.make_toolbox(cfg, data)
-    agent_cfg = AgentConfig(max_tool_calls=cfg.max_tool_calls, max_turn_tokens=cfg.max_turn_tokens,
-                            max_context=cfg.max_context, use_tools=cfg.tools != "none",
-                            max_title_chars=cfg.max_title_chars or None, temperature=cfg.temperature)
+    agent_cfg = G.agent_config(cfg)
     tokenizer = load_tokenizer(cfg.model)
     model = load_pretrained(cfg.model, dtype=torch.float32 if info.world > 1 else getattr(torch, cfg.dtype),
                             device=info.device)
@@ -280,14 +264,13 @@ def main(argv=None) -> None:
     for step in bar:
         t0 = time.perf_counter()
         record = {"step": step + 1}
-        if cfg.objective == "grpo":
+        if cfg.objective == "grpo":  # samples with the rollout copy: refresh it; logistic scores fixed contexts
             rollout.engine.model = rollout_model = D.refresh_rollout_copy(model, rollout_model, info)
             groups, weights, trajectories, dropped, padded = G.collect_groups(rollout, _Flat(stream), cfg, step, info)
             record.update({**G.summarize(trajectories, info), **G.group_stats(trajectories, cfg.group_size, info),
                            **G._update_metrics(G.update(model, ref_model, optimizer, groups, weights, cfg, info),
                                                info), "dropped_groups": D.all_reduce_sum([dropped], info)[0]})
         else:
-            rollout.engine.model = rollout_model = D.refresh_rollout_copy(model, rollout_model, info)
             batch = [tc for unit in stream.take(cfg.batch_size // info.world // per_unit) for tc in unit]
             record.update(logistic_update(model, optimizer, rollout, [t for t, _ in batch], [c for _, c in batch],
                                           cfg, info))
@@ -326,7 +309,7 @@ def _evaluation(model, rollout, valid_tasks, valid_contexts, valid_instances, cf
     path = out / "evals" / f"step_{step:06d}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    ranking, ranks = G.evaluate(_greedy(rollout), valid_instances, info, cfg.eval_chunk)
+    ranking, ranks = G.evaluate(rollout, valid_instances, info, cfg.eval_chunk)
     result = {"step": step, **pairwise_accuracy(model, rollout, valid_tasks, valid_contexts, cfg), "ranks": ranks,
               "eval_H@1": ranking["eval_H@1"], "eval_N@10": ranking["eval_N@10"], "eval_valid": ranking["eval_valid"]}
     if info.is_main:

@@ -37,3 +37,10 @@ def qwen3_tokenizer_dirs(tmp_path_factory) -> dict[str, Path]:
         "Qwen3-0.6B": _unpack_tokenizer(src, root / "Qwen3-0.6B", vocab),
         "Qwen3-4B-Instruct-2507": _unpack_tokenizer(src / "Qwen3-4B-Instruct-2507", root / "2507", vocab),
     }
+
+
+@pytest.fixture(scope="session")
+def tokenizer(qwen3_tokenizer_dirs):
+    """The real Qwen3-4B-Instruct-2507 tokenizer (the paper recipe's chat and tool-call format)."""
+    from agenticrec.tokenizer import load_tokenizer
+    return load_tokenizer(qwen3_tokenizer_dirs["Qwen3-4B-Instruct-2507"])

@@ -15,7 +15,7 @@ from agenticrec.data import Instance
 from agenticrec.engine import Engine
 from agenticrec.model import Qwen3, Qwen3Config
 from agenticrec.reward import RewardConfig
-from agenticrec.tokenizer import load_tokenizer, tool_call_text, tool_response_ids, train_bpe_tokenizer
+from agenticrec.tokenizer import tool_call_text, tool_response_ids, train_bpe_tokenizer
 from agenticrec.tools import TOOLS, Toolbox, context_for
 from test_tools import FakeSASRec, tiny
 
@@ -39,11 +39,6 @@ class ScriptedModel(nn.Module):
         nxt = [self.script[min(int(p) + 1, len(self.script) - 1)] for p in last]
         logits[torch.arange(len(ids)), nxt] = 0.0
         return logits
-
-
-@pytest.fixture(scope="module")
-def tokenizer(qwen3_tokenizer_dirs):
-    return load_tokenizer(qwen3_tokenizer_dirs["Qwen3-4B-Instruct-2507"])
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from agenticrec.engine import Engine
 from agenticrec.model import Qwen3, Qwen3Config
 from agenticrec.ppr import (LESS, MORE, Pair, PreferenceTask, answer_text, bidirectional_loss, bidirectional_tasks,
                             choice_margins, mine_pairs, random_pairs, read_pairs, violation_pool, write_pairs)
-from agenticrec.tokenizer import load_tokenizer
 from agenticrec.tools import Toolbox
 from test_agent import ScriptedModel, encode, script_for
 from test_tools import FakeSASRec, tiny
@@ -55,11 +54,6 @@ def test_unidirectional_loss_and_accuracy():
     loss, m = bidirectional_loss(torch.tensor([2.0, -1.0]))
     assert loss.item() == pytest.approx((math.log1p(math.exp(-2)) + math.log1p(math.exp(1))) / 2)
     assert m["accuracy"] == 0.5
-
-
-@pytest.fixture(scope="module")
-def tokenizer(qwen3_tokenizer_dirs):
-    return load_tokenizer(qwen3_tokenizer_dirs["Qwen3-4B-Instruct-2507"])
 
 
 def test_logistic_loss_through_the_model_equals_the_formula(tokenizer):

@@ -9,18 +9,12 @@ import pytest
 
 from agenticrec.agent import AgentConfig, Rollout
 from agenticrec.engine import Engine
-from agenticrec.tokenizer import load_tokenizer
 from agenticrec.tools import Toolbox, ordering_of
 from agenticrec.warmstart import EXPERT_TRUST, copy_drill, expert_trajectory
 from test_agent import INSTANCE, ScriptedModel
 from test_tools import FakeSASRec, tiny
 
 CFG = AgentConfig(answer_length=5, temperature=0.0, max_turn_tokens=200, max_context=4000)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(qwen3_tokenizer_dirs):
-    return load_tokenizer(qwen3_tokenizer_dirs["Qwen3-4B-Instruct-2507"])
 
 
 @pytest.fixture(scope="module")
