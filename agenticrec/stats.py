@@ -23,3 +23,23 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], samples: int = 10_0
     tail = (1.0 - level) / 2 * 100
     lo, hi = np.percentile(means, [tail, 100 - tail])
     return {"diff": float(diff.mean()), "lo": float(lo), "hi": float(hi), "n": len(diff)}
+
+
+def bootstrap_ci(values: Sequence[float], samples: int = 10_000, seed: int = 0,
+                 level: float = 0.95) -> dict[str, float]:
+    """Mean of per-instance ``values`` and its percentile bootstrap CI (instances resampled with replacement).
+
+    For a 0/1 metric such as H@1 on n instances this approximates mean +- 1.96 sqrt(p(1-p)/n); the percentile
+    interval needs no normality assumption and is what docs/evaluation.md reports for every metric.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 1 or len(x) == 0:
+        raise ValueError(f"bootstrap_ci needs a non-empty list of numbers, got shape {x.shape}")
+    rng = np.random.default_rng(seed)
+    means = np.empty(samples)
+    for start in range(0, samples, 1000):  # chunks bound the index matrix at 1000 x n
+        stop = min(samples, start + 1000)
+        means[start:stop] = x[rng.integers(0, len(x), size=(stop - start, len(x)))].mean(axis=1)
+    tail = (1.0 - level) / 2 * 100
+    lo, hi = np.percentile(means, [tail, 100 - tail])
+    return {"mean": float(x.mean()), "lo": float(lo), "hi": float(hi), "n": len(x)}
