@@ -263,7 +263,9 @@ def main(argv=None) -> dict:
         rows = build(cfg, systems, instances)
         if not rows:
             raise SystemExit("error: nothing to evaluate: give --checkpoint DIR and / or --baselines")
-        text = quality_table(rows) + "\n\n" + agent_table(rows)
+        text = quality_table(rows)
+        if any("agent" in row for row in rows.values()):
+            text += "\n\n" + agent_table(rows)
     header = (f"{cfg.dataset}, {cfg.split} split, {cfg.candidates if cfg.table != 'scaling' else cfg.scaling} "
               f"candidates, {len(instances)} instances; 95% bootstrap CIs; agent settings: tools {cfg.tool_set}, "
               f"T_max {cfg.max_tool_calls}, context {cfg.max_context}")

@@ -288,6 +288,9 @@ def main(argv=None) -> None:
     after = _evaluation(model, rollout, valid_tasks, valid_contexts, valid[:cfg.eval_instances], cfg, info, out, steps)
     G.export(model, info, out / "final", tokenizer)
     if info.is_main:
+        marker = Path(cfg.model) / G.PRESET_MARKER
+        if marker.is_file():  # evaluate.py reads the agent settings (and the warm start) from it
+            (out / "final" / G.PRESET_MARKER).write_text(marker.read_text())
         report(out, before, after, mining, valid_mining)
     D.shutdown(info)
 

@@ -187,3 +187,17 @@ def test_bad_flags_give_clear_errors(policy, tmp_path):
     with pytest.raises(SystemExit, match="does not have"):
         evaluate.main(["--checkpoint", str(policy), "--dataset", "beauty2023", "--limit", "2", "--tool-set",
                        "get_user_profile", "--disable-tool", "get_similar_users"])
+
+
+def test_plots_are_png_files(tmp_path):
+    pytest.importorskip("matplotlib")  # the optional `plots` extra
+    from agenticrec.plots import write_plots
+    ci = {k: {"mean": 0.5, "lo": 0.4, "hi": 0.6, "n": 10} for k in METRICS}
+    agent = {"tool_calls_by_tool": {"a": 1.0, "b": 0.5}, "latency_median_s": 1.0}
+    rows = {f"N={n}, agent": {"N": n, "metrics": ci, "agent": agent} for n in (20, 50)}
+    rows["N=50, SASRec"] = {"N": 50, "metrics": ci}
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps({"step": s, "reward": 0.1 * s, "kl": 0.01}) + "\n" for s in (1, 2, 3)))
+    written = write_plots(tmp_path / "plots", {"rows": rows}, metrics)
+    assert sorted(p.name for p in written) == ["scaling.png", "tool_usage.png", "training_curves.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
