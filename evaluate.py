@@ -36,6 +36,7 @@ from agenticrec.evaluation import (agent_statistics, agent_table, metric_cis, qu
 from agenticrec.model import load_pretrained
 from agenticrec.sasrec import score_candidates
 from agenticrec.tokenizer import load_tokenizer
+from agenticrec.tools import Toolbox
 
 log = logging.getLogger("evaluate")
 TABLES = ("main", "ablation", "tools", "scaling")
@@ -95,8 +96,10 @@ def _with_agent_settings(cfg: Config) -> Config:
     for name in AGENT_SETTINGS:
         if getattr(cfg, name) == unset[name]:
             fill[name] = trained.get("tools" if name == "tool_set" else name, DEFAULT_AGENT[name])
-    if not cfg.frozen and trained.get("out"):
-        fill["frozen"] = str(Path(trained["out"]) / "preset" / "warm_start")
+    if not cfg.frozen and trained:  # the run folder holds out/final and out/preset/warm_start
+        runs = [Path(cfg.checkpoint).parent, Path(trained.get("out", ""))]
+        fill["frozen"] = next((str(r / "preset" / "warm_start") for r in runs
+                               if (r / "preset" / "warm_start" / "config.json").is_file()), "")
     return dataclasses.replace(cfg, **fill)
 
 
@@ -121,7 +124,12 @@ class Systems:
 
     def __init__(self, cfg: Config, data):
         self.cfg, self.data = cfg, data
-        self.toolbox = G.make_toolbox(SimpleTools(cfg.tool_set or "all"), data)
+        if data.meta.get("evaluation_only"):  # no valid split to early-stop SASRec on: no collaborative tools
+            log.warning("%s is evaluation-only: SASRec, its baseline and the collaborative tools are left out",
+                        data.name)
+            self.toolbox = Toolbox(data, None)
+        else:
+            self.toolbox = G.make_toolbox(SimpleTools(cfg.tool_set or "all"), data)
         self.models: dict[str, tuple] = {}
         self.trajectories: dict[str, list] = {}
 
@@ -129,7 +137,10 @@ class Systems:
         if folder not in self.models:
             if not (Path(folder) / "config.json").is_file():
                 raise SystemExit(f"error: {folder} is not a model folder (no config.json); pass --frozen DIR")
-            self.models[folder] = (load_pretrained(folder), load_tokenizer(folder))
+            # a preset run's warm start is saved without its tokenizer: it shares the checkpoint's
+            has_tokenizer = (Path(folder) / "tokenizer.json").is_file() or not self.cfg.checkpoint
+            self.models[folder] = (load_pretrained(folder), load_tokenizer(folder if has_tokenizer
+                                                                           else self.cfg.checkpoint))
         return self.models[folder]
 
     def agent(self, name: str, folder: str, instances, use_tools: bool = True, disabled: tuple[str, ...] = ()):
@@ -158,10 +169,12 @@ class Systems:
         return lambda instances: score_candidates(self.toolbox.sasrec, instances)
 
     def baselines(self, instances) -> dict:
-        return {"random": self.baseline("random", instances, random_scorer),
+        rows = {"random": self.baseline("random", instances, random_scorer),
                 "popularity": self.baseline("popularity", instances, popularity_scorer(self.data)),
-                "co-occurrence": self.baseline("co-occurrence", instances, cooccurrence_scorer(self.data)),
-                "SASRec": self.baseline("SASRec", instances, self.sasrec_scorer())}
+                "co-occurrence": self.baseline("co-occurrence", instances, cooccurrence_scorer(self.data))}
+        if self.toolbox.sasrec is not None:
+            rows["SASRec"] = self.baseline("SASRec", instances, self.sasrec_scorer())
+        return rows
 
 
 @dataclass

@@ -24,6 +24,7 @@ import dataclasses
 import json
 import logging
 import math
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ from agenticrec.ppr import (answer_text, bidirectional_loss, bidirectional_tasks
                             random_pairs, read_pairs, write_pairs)
 from agenticrec.stats import paired_bootstrap
 from agenticrec.tokenizer import load_tokenizer
+from agenticrec.warmstart import sft_loss
 
 log = logging.getLogger("train_ppr")
 
@@ -59,6 +61,10 @@ class Config:
     mine_sampled: bool = False  # mine with rollouts sampled at --temperature (default: greedy)
     pairs_from: str = ""  # reuse the pairs an earlier run mined (its out folder): ablations on the same pairs
     valid_mine_instances: int = 1000  # valid instances mined for the pairwise-accuracy evaluation
+    train_context_tokens: int = 0  # logistic: train on the last N tokens of each context (0 = all); see PRESET
+    replay_coef: float = 0.0  # logistic: weight of the rehearsal NLL on stage-1 ranking trajectories (0 = off)
+    replay_instances: int = 512  # train instances whose stage-1 greedy trajectories are the rehearsal data
+    replay_batch: int = 4  # rehearsal trajectories per step and rank
     epochs: float = 1.0  # passes over the training tasks (ignored when --steps > 0)
     steps: int = 0  # optimiser steps; 0 = derived from --epochs
     batch_size: int = 64  # tasks per step, over all ranks
@@ -93,12 +99,15 @@ class Config:
     stop_after: int = 0  # stop after this many steps of this run (tests of resume); 0 = no stop
 
 
-# The CPU preset, applied when --model holds train_grpo's preset marker (docs/ppr.md): stage 1's preset settings,
-# mining 4,000 train instances, and the logistic objective: the tiny stage-1 model was never taught to answer A / B
-# questions, so its sampled answers are invalid and GRPO would see no signal; the likelihood margin needs none.
-PRESET = dict(objective="logistic", mine_instances=4000, batch_size=32, lr=1e-4, warmup_steps=5,
-              max_turn_tokens=96, max_context=2048, max_title_chars=24, max_tool_calls=4,
-              tools="candidates_analyze,get_similar_users", checkpoint_every=20)
+# The CPU preset, applied when --model holds train_grpo's preset marker (docs/ppr.md, "The CPU preset"): stage 1's
+# agent settings, mining 4,000 train instances, and the logistic objective (the tiny stage-1 model was never taught
+# to answer A / B questions, so its sampled answers are invalid and GRPO would see no signal; the likelihood margin
+# needs none). The loss sits at 2 log 2 for a few hundred steps before the model learns to read MORE / LESS, hence
+# lr 3e-3 and 6 epochs; the last 200 tokens of each context (question, tool call, observation) are enough and make
+# the escape faster (on whole contexts: none in 790 steps); rehearsal keeps the ranking format (without it: 0 valid).
+PRESET = dict(objective="logistic", mine_instances=4000, batch_size=32, lr=3e-3, warmup_steps=5, epochs=6.0,
+              train_context_tokens=200, replay_coef=1.0, max_turn_tokens=96, max_context=2048, max_title_chars=24,
+              max_tool_calls=4, tools="candidates_analyze,get_similar_users", checkpoint_every=100)
 
 
 def parse_args(argv=None) -> Config:
@@ -180,21 +189,46 @@ def task_margins(model, rollout: Rollout, tasks, contexts, cfg: Config, grad: bo
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def logistic_update(model, optimizer, rollout: Rollout, tasks, contexts, cfg: Config, info: D.DistInfo) -> dict:
+def logistic_update(model, optimizer, rollout: Rollout, tasks, contexts, replay, cfg: Config,
+                    info: D.DistInfo) -> dict:
     """One step of Proposition 4.2's loss on this rank's tasks, each scored in its stage-1 context
-    (``answer_contexts``). The mean is over the GLOBAL number of pairs, so the gradient does not depend on the
-    number of ranks. Tasks come in (MORE, LESS) pairs unless unidirectional."""
+    (``answer_contexts``), plus ``replay_coef`` x the rehearsal NLL on ``replay`` (stage-1 ranking trajectories,
+    ``replay_trajectories``). The Prop 4.2 mean is over the GLOBAL number of pairs, so the gradient does not depend
+    on the number of ranks; the rehearsal term is a mean over this rank's equal-sized batch, averaged over ranks by
+    FSDP, i.e. a global mean too. Tasks come in (MORE, LESS) pairs unless unidirectional."""
     margins = task_margins(model, rollout, tasks, contexts, cfg, grad=True)
     more, less = (margins, None) if cfg.unidirectional else (margins[0::2], margins[1::2])
     loss, metrics = bidirectional_loss(more, less)
     global_pairs = D.all_reduce_sum([float(len(more))], info)[0]
     optimizer.zero_grad(set_to_none=True)
-    (loss * len(more) / global_pairs * info.world).backward()  # FSDP averages gradients over ranks
+    total = loss * len(more) / global_pairs * info.world  # FSDP averages gradients over ranks
+    replay_nll = sft_loss(model, replay, info.device) if replay else None
+    if replay_nll is not None:
+        total = total + cfg.replay_coef * replay_nll
+    total.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     if torch.isfinite(grad_norm):
         optimizer.step()
     return {"loss": metrics["loss"], "margin_accuracy": metrics["accuracy"], "grad_norm": float(grad_norm),
-            "nonfinite_skipped": float(not torch.isfinite(grad_norm))}
+            "nonfinite_skipped": float(not torch.isfinite(grad_norm)),
+            **({"replay_nll": float(replay_nll.detach())} if replay_nll is not None else {})}
+
+
+def replay_trajectories(rollout: Rollout, instances, cfg: Config) -> list[tuple[list[int], list[int]]]:
+    """(ids, mask) of the stage-1 policy's valid greedy ranking trajectories on ``instances``: the rehearsal data.
+    Training only on A / B answers at the preset's learning rate otherwise overwrites the ranking format (measured:
+    valid ranking answers 1.00 -> 0.00); an NLL on the policy's own ranking turns keeps it (continual-learning
+    rehearsal; the ``grpo`` objective has its KL term instead)."""
+    return [(t.ids, t.mask) for t in G.greedy_run(rollout, instances, cfg.eval_chunk) if t.invalid_reason is None]
+
+
+def replay_batch(replay: list, step: int, cfg: Config, info: D.DistInfo) -> list:
+    """This rank's ``replay_batch`` rehearsal trajectories of ``step``, drawn from (seed, step, rank): a resumed run
+    draws the same ones."""
+    if not replay or cfg.replay_coef <= 0:
+        return []
+    rng = random.Random(cfg.seed * 1_000_003 + step * 1_009 + info.rank)
+    return rng.sample(replay, min(len(replay), cfg.replay_batch))
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -249,14 +283,23 @@ def main(argv=None) -> None:
     per_unit = 1 if cfg.unidirectional or cfg.objective == "grpo" else 2  # logistic keeps MORE / LESS together
     # every rank builds every context (simple and deterministic; a rank-split + gather would save time at scale)
     contexts = answer_contexts(rollout, tasks, cfg)[0] if cfg.objective == "logistic" else [None] * len(tasks)
+    if cfg.train_context_tokens:  # train on each context's tail only (evaluation always uses the whole context)
+        contexts = [c[-cfg.train_context_tokens:] for c in contexts]
+    replay = replay_trajectories(rollout, train_instances[:cfg.replay_instances], cfg) \
+        if cfg.objective == "logistic" and cfg.replay_coef > 0 else []
     valid_contexts = answer_contexts(rollout, valid_tasks, cfg)[0]  # built before a resumed checkpoint is loaded
+    # the control: valid pairs with a RANDOM negative. Mined pairs are, by construction, those where the stage-1
+    # evidence is wrong; a model that learns to distrust that evidence wins on them and loses here.
+    control_tasks = bidirectional_tasks(random_pairs(valid[:cfg.valid_mine_instances], cfg.seed + 1), cfg.seed)
+    probes = {"mined": (valid_tasks, valid_contexts),
+              "random": (control_tasks, answer_contexts(rollout, control_tasks, cfg)[0])}
     units = [list(zip(tasks, contexts))[i:i + per_unit] for i in range(0, len(tasks), per_unit)]
     stream = G.DataStream(units, cfg.seed, info)
     steps = cfg.steps or math.ceil(cfg.epochs * len(tasks) / cfg.batch_size)
     start = G.load_checkpoint(model, optimizer, scheduler, stream, info, out) if cfg.resume else 0
     rollout.engine.model = rollout_model = D.refresh_rollout_copy(model, rollout_model, info)
     metrics_file = open(out / "metrics.jsonl", "a") if info.is_main else None
-    before = _evaluation(model, rollout, valid_tasks, valid_contexts, valid[:cfg.eval_instances], cfg, info, out, start)
+    before = _evaluation(model, rollout, probes, valid[:cfg.eval_instances], cfg, info, out, start)
 
     # loop
     bar = tqdm(range(start, steps), desc=f"PPR ({cfg.objective})", disable=not info.is_main, initial=start,
@@ -273,7 +316,7 @@ def main(argv=None) -> None:
         else:
             batch = [tc for unit in stream.take(cfg.batch_size // info.world // per_unit) for tc in unit]
             record.update(logistic_update(model, optimizer, rollout, [t for t, _ in batch], [c for _, c in batch],
-                                          cfg, info))
+                                          replay_batch(replay, step, cfg, info), cfg, info))
         scheduler.step()
         record.update({"lr": scheduler.get_last_lr()[0], "step_s": time.perf_counter() - t0})
         G._log(metrics_file, record)
@@ -285,7 +328,7 @@ def main(argv=None) -> None:
             return
 
     rollout.engine.model = D.refresh_rollout_copy(model, rollout_model, info)
-    after = _evaluation(model, rollout, valid_tasks, valid_contexts, valid[:cfg.eval_instances], cfg, info, out, steps)
+    after = _evaluation(model, rollout, probes, valid[:cfg.eval_instances], cfg, info, out, steps)
     G.export(model, info, out / "final", tokenizer)
     if info.is_main:
         marker = Path(cfg.model) / G.PRESET_MARKER
@@ -305,15 +348,17 @@ class _Flat:
         return [unit[0][0] for unit in self.stream.take(n)]  # the task of each (task, context) unit
 
 
-def _evaluation(model, rollout, valid_tasks, valid_contexts, valid_instances, cfg: Config, info, out: Path,
-                step: int) -> dict:
-    """Pairwise accuracy on the valid tasks and the ranking task's target ranks, saved in out/evals/; a resumed
-    run reads the step-0 evaluation back instead of recomputing it on a changed model."""
+def _evaluation(model, rollout, probes: dict, valid_instances, cfg: Config, info, out: Path, step: int) -> dict:
+    """Pairwise accuracy on the mined valid tasks (agent answer and likelihood), the likelihood accuracy on the
+    random-negative control tasks, and the ranking task's target ranks; saved in out/evals/. A resumed run reads
+    the step-0 evaluation back instead of recomputing it on a changed model."""
     path = out / "evals" / f"step_{step:06d}.json"
     if path.is_file():
         return json.loads(path.read_text())
     ranking, ranks = G.evaluate(rollout, valid_instances, info, cfg.eval_chunk)
-    result = {"step": step, **pairwise_accuracy(model, rollout, valid_tasks, valid_contexts, cfg), "ranks": ranks,
+    control = (task_margins(model, rollout, *probes["random"], cfg, grad=False) > 0).float()
+    result = {"step": step, **pairwise_accuracy(model, rollout, *probes["mined"], cfg), "ranks": ranks,
+              "likelihood_random": control.tolist(), "likelihood_random_accuracy": float(control.mean()),
               "eval_H@1": ranking["eval_H@1"], "eval_N@10": ranking["eval_N@10"], "eval_valid": ranking["eval_valid"]}
     if info.is_main:
         path.parent.mkdir(exist_ok=True)
@@ -326,9 +371,13 @@ def report(out: Path, before: dict, after: dict, mining: dict, valid_mining: dic
     hit1 = [[float(r == 1) for r in e["ranks"]] for e in (before, after)]
     rows = {"pairwise accuracy, agent answer (greedy, tools)": paired_bootstrap(before["agent"], after["agent"]),
             "pairwise accuracy, likelihood margin": paired_bootstrap(before["likelihood"], after["likelihood"]),
+            "control: likelihood accuracy, random negatives": paired_bootstrap(before["likelihood_random"],
+                                                                                after["likelihood_random"]),
             "ranking H@1 on valid instances": paired_bootstrap(*hit1)}
     means = {"pairwise accuracy, agent answer (greedy, tools)": (before["agent_accuracy"], after["agent_accuracy"]),
              "pairwise accuracy, likelihood margin": (before["likelihood_accuracy"], after["likelihood_accuracy"]),
+             "control: likelihood accuracy, random negatives": (before["likelihood_random_accuracy"],
+                                                                after["likelihood_random_accuracy"]),
              "ranking H@1 on valid instances": (float(np.mean(hit1[0])), float(np.mean(hit1[1])))}
     lines = [f"train pairs: {mining.get('violations')} (violation rate {mining.get('violation_rate', 1.0):.3f}); "
              f"valid pairs: {valid_mining['violations']} ({len(before['agent'])} tasks)",

@@ -201,3 +201,27 @@ def test_plots_are_png_files(tmp_path):
     written = write_plots(tmp_path / "plots", {"rows": rows}, metrics)
     assert sorted(p.name for p in written) == ["scaling.png", "tool_usage.png", "training_curves.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
+
+
+def test_the_first_command_in_results_md_runs_and_writes_every_field(policy, tmp_path):
+    """docs/results.md's main-table command, with the checkpoint swapped for a tiny random policy, the dataset for
+    the small beauty2023 (no Games SASRec training in CI) and a few instances: every JSON field is there."""
+    import re
+    import shlex
+    from pathlib import Path
+    text = (Path(__file__).parents[1] / "docs" / "results.md").read_text()
+    command = re.search(r"python evaluate\.py ([^\n`]*--baselines[^\n`]*)", text).group(1)
+    args = shlex.split(command)
+    for flag, value in (("--checkpoint", str(policy)), ("--dataset", "beauty2023"), ("--limit", "3"),
+                        ("--json", str(tmp_path / "main.json"))):
+        if flag in args:
+            args[args.index(flag) + 1] = value
+        else:
+            args += [flag, value]
+    args += ["--frozen", str(policy), "--max-turn-tokens", "8", "--max-context", "1500", "--max-title-chars", "16",
+             "--tool-set", "get_user_profile", "--threads", "1"]
+    evaluate.main(args)
+    saved = json.loads((tmp_path / "main.json").read_text())
+    assert {"agent", "random", "popularity", "co-occurrence", "SASRec", "frozen policy, no tools",
+            "frozen policy, tools"} == set(saved["rows"])
+    assert all(set(row["metrics"]) == set(METRICS) for row in saved["rows"].values())
