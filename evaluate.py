@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 import train_grpo as G
 from agenticrec.agent import AgentConfig, Rollout
 from agenticrec.baselines import cooccurrence_scorer, popularity_scorer, random_scorer
-from agenticrec.data import DataError, build_instances, load_dataset, load_instances
+from agenticrec.data import build_instances, instances_path, load_dataset, load_instances
 from agenticrec.engine import Engine
 from agenticrec.evaluation import (agent_statistics, agent_table, metric_cis, quality_table, render_html,
                                    render_text, run_agent, scorer_ranks, shortlist, shortlist_recall)
@@ -111,10 +111,12 @@ def _with_agent_settings(cfg: Config) -> Config:
 def eval_instances(cfg: Config, data, num_candidates: int):
     """The fixed instance file for N = 20; other N are built by the same protocol and seed (deterministic), as
     files of every size would not fit in the repository."""
-    try:
-        instances = load_instances(data.name, cfg.split, num_candidates)
-    except DataError:
+    if instances_path(data.name, cfg.split, num_candidates).is_file():
+        instances = load_instances(data.name, cfg.split, num_candidates)  # a corrupt file is an error, not rebuilt
+    else:
         instances = build_instances(data, cfg.split, num_candidates)[0]
+    if not instances:
+        raise SystemExit(f"error: {data.name} has no {cfg.split} instances")
     return instances[:cfg.limit] if cfg.limit else instances
 
 
@@ -127,7 +129,8 @@ class Systems:
         if data.meta.get("evaluation_only"):  # no valid split to early-stop SASRec on: no collaborative tools
             log.warning("%s is evaluation-only: SASRec, its baseline and the collaborative tools are left out",
                         data.name)
-            self.toolbox = Toolbox(data, None)
+            enabled = None if cfg.tool_set in ("", "all") else tuple(cfg.tool_set.split(","))
+            self.toolbox = Toolbox(data, None, enabled=enabled)
         else:
             self.toolbox = G.make_toolbox(SimpleTools(cfg.tool_set or "all"), data)
         self.models: dict[str, tuple] = {}

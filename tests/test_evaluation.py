@@ -225,3 +225,16 @@ def test_the_first_command_in_results_md_runs_and_writes_every_field(policy, tmp
     assert {"agent", "random", "popularity", "co-occurrence", "SASRec", "frozen policy, no tools",
             "frozen policy, tools"} == set(saved["rows"])
     assert all(set(row["metrics"]) == set(METRICS) for row in saved["rows"].values())
+
+
+def test_ablation_and_per_tool_tables_have_their_rows(policy):
+    small = ["--checkpoint", str(policy), "--dataset", "beauty2023", "--limit", "2", "--max-turn-tokens", "4",
+             "--max-context", "1500", "--max-title-chars", "16", "--threads", "1"]
+    ablation = evaluate.main(small + ["--table", "ablation", "--frozen", str(policy), "--tool-set", "get_user_profile"])
+    assert list(ablation["rows"]) == ["frozen, reasoning only", "frozen, with tools", "trained, reasoning only",
+                                      "trained, with tools"]
+    tools = evaluate.main(small + ["--table", "tools", "--tool-set", "get_user_profile,item_info_search"])
+    assert list(tools["rows"]) == ["all tools", "without get_user_profile", "without item_info_search"]
+    no_tools = evaluate.main(small + ["--no-tools", "--tool-set", "get_user_profile"])
+    assert list(no_tools["rows"]) == ["agent, no tools"]
+    assert no_tools["rows"]["agent, no tools"]["agent"]["tool_calls_per_request"] == 0.0
