@@ -298,10 +298,12 @@ def greedy_rollout(rollout: Rollout) -> Rollout:
                    dataclasses.replace(rollout.cfg, temperature=0.0))
 
 
-def greedy_run(rollout: Rollout, instances, chunk: int) -> list:
-    """Greedy trajectories of ``instances``, ``chunk`` per engine call (bounds the KV cache)."""
+def greedy_run(rollout: Rollout, instances, chunk: int, desc: str | None = None) -> list:
+    """Greedy trajectories of ``instances``, ``chunk`` per engine call (bounds the KV cache); a tqdm bar when
+    ``desc`` is given."""
     greedy = greedy_rollout(rollout)
-    return [t for c in range(0, len(instances), chunk) for t in greedy.run(instances[c:c + chunk])]
+    starts = tqdm(range(0, len(instances), chunk), desc=desc, leave=False, disable=desc is None)
+    return [t for c in starts for t in greedy.run(instances[c:c + chunk])]
 
 
 def evaluate(rollout: Rollout, instances, info: D.DistInfo, chunk: int = 250) -> tuple[dict, list[int]]:

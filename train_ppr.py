@@ -157,7 +157,7 @@ def answer_contexts(rollout: Rollout, tasks, cfg: Config):
     turn — the prompt plus the policy's own tool calls and observations, where its answer would begin. Built once,
     with the STAGE-1 policy: contexts rebuilt by the model being trained drift (on the preset its early updates
     made it stop calling tools, and the evidence vanished from the context it was scored in)."""
-    trajectories = G.greedy_run(rollout, tasks, cfg.eval_chunk)
+    trajectories = G.greedy_run(rollout, tasks, cfg.eval_chunk, desc="stage-1 contexts")
     return [t.ids[:_last_turn_start(t.mask)] for t in trajectories], trajectories
 
 
@@ -219,7 +219,8 @@ def replay_trajectories(rollout: Rollout, instances, cfg: Config) -> list[tuple[
     Training only on A / B answers at the preset's learning rate otherwise overwrites the ranking format (measured:
     valid ranking answers 1.00 -> 0.00); an NLL on the policy's own ranking turns keeps it (continual-learning
     rehearsal; the ``grpo`` objective has its KL term instead)."""
-    return [(t.ids, t.mask) for t in G.greedy_run(rollout, instances, cfg.eval_chunk) if t.invalid_reason is None]
+    return [(t.ids, t.mask) for t in G.greedy_run(rollout, instances, cfg.eval_chunk, desc="rehearsal data")
+            if t.invalid_reason is None]
 
 
 def replay_batch(replay: list, step: int, cfg: Config, info: D.DistInfo) -> list:
@@ -385,6 +386,11 @@ def report(out: Path, before: dict, after: dict, mining: dict, valid_mining: dic
     for name, ci in rows.items():
         lines.append(f"{name:<50}{means[name][0]:>8.3f}{means[name][1]:>8.3f}   {ci['diff']:+.4f} "
                      f"[{ci['lo']:+.4f}, {ci['hi']:+.4f}]")
+    margin = rows["pairwise accuracy, likelihood margin"]
+    if margin["lo"] <= 0 <= margin["hi"]:
+        lines.append("note: no significant change in pairwise accuracy. The bidirectional loss can sit at 2 log 2 "
+                     "for hundreds of steps before the model reads MORE / LESS (docs/ppr.md); train longer "
+                     "(--epochs) or check metrics.jsonl's loss.")
     print("\n".join(lines), flush=True)
     result = {"rows": {k: {"before": means[k][0], "after": means[k][1], **rows[k]} for k in rows},
               "mining": mining, "valid_mining": valid_mining}
