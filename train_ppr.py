@@ -12,10 +12,14 @@ How this differs from the paper's description (docs/ppr.md has the math):
 3. ``--objective logistic`` trains Proposition 4.2's loss directly: the margin is the log-likelihood of answering
    c+ minus that of c- (MORE), and of c- minus c+ (LESS), in the context the stage-1 policy builds for the task (its
    greedy tool calls and observations, up to where its answer begins).
-4. Ablations the paper lacks: ``--unidirectional`` (MORE only) and ``--random-negatives``.
+4. Ablations the paper lacks: ``--unidirectional`` (MORE only) and ``--random-negatives``. Options of the logistic
+   objective (the CPU preset's, off by default): ``--train-context-tokens`` (train on each context's tail) and
+   ``--replay-coef`` (rehearsal: an NLL on the stage-1 policy's own ranking trajectories, which the logistic
+   objective needs in place of a KL term).
 5. Pairwise accuracy on valid pairs mined the same way, before and after, two ways: the greedy agent's answer
-   (with tools) and the likelihood margin; plus the ranking task's H@1 on valid instances, each with a paired
-   bootstrap CI (out/report.json).
+   (with tools) and the likelihood margin; the likelihood accuracy on random-negative valid pairs (a control for
+   the selection effect of mining); and the ranking task's H@1 on valid instances, each with a paired bootstrap
+   CI (out/report.json).
 """
 
 from __future__ import annotations
