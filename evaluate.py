@@ -79,6 +79,8 @@ def parse_args(argv=None) -> Config:
     cfg = Config(**G.parse_flags(Config, Path(__file__), __doc__, argv))
     if cfg.table not in TABLES:
         raise SystemExit(f"error: --table must be one of {', '.join(TABLES)}, got {cfg.table!r}")
+    if cfg.split not in ("train", "valid", "test"):
+        raise SystemExit(f"error: --split must be train, valid or test, got {cfg.split!r}")
     if cfg.table != "main" and not cfg.checkpoint:
         raise SystemExit(f"error: --table {cfg.table} evaluates a checkpoint: give --checkpoint DIR")
     if cfg.checkpoint and not (Path(cfg.checkpoint) / "config.json").is_file():

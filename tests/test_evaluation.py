@@ -180,6 +180,8 @@ def test_scaling_table_has_the_two_stage_row_with_its_recall(policy, tmp_path):
 def test_bad_flags_give_clear_errors(policy, tmp_path):
     with pytest.raises(SystemExit, match="--table must be one of"):
         evaluate.main(["--checkpoint", str(policy), "--table", "nope"])
+    with pytest.raises(SystemExit, match="--split must be"):
+        evaluate.main(["--split", "dev"])
     with pytest.raises(SystemExit, match="not a model folder"):
         evaluate.main(["--checkpoint", str(tmp_path)])
     with pytest.raises(SystemExit, match="needs the untrained policy"):
