@@ -124,7 +124,7 @@ def eval_instances(cfg: Config, data, num_candidates: int):
 
 class Systems:
     """Loads each model once and runs the agent or a baseline on instances, returning a table row:
-    {"metrics": {metric: CI}, "agent": statistics (agents only)}; agent rows keep their trajectories aside."""
+    {"metrics": {metric: CI}, "agent": statistics (agents only)}; the first agent row's trajectories are kept."""
 
     def __init__(self, cfg: Config, data):
         self.cfg, self.data = cfg, data
@@ -162,11 +162,12 @@ class Systems:
         rollout = Rollout(Engine(model, cfg.max_context), tokenizer, self.data, toolbox, agent_cfg)
         with tqdm(total=len(instances), desc=name, unit="request") as bar:
             trajectories, wall = run_agent(rollout, instances, cfg.chunk, bar.update)
-        self.trajectories[name] = (trajectories, tokenizer)
+        if not self.trajectories:  # --show / --html render the first agent row; the others are not kept
+            self.trajectories[name] = (trajectories, tokenizer)
         return {"metrics": metric_cis([t.rank for t in trajectories], cfg.seed),
                 "agent": agent_statistics(trajectories, wall)}
 
-    def baseline(self, name: str, instances, scorer):
+    def baseline(self, instances, scorer):
         ranks, seconds = scorer_ranks(self.data, instances, scorer)
         return {"metrics": metric_cis(ranks, self.cfg.seed), "seconds_per_request": seconds / len(instances)}
 
@@ -174,11 +175,11 @@ class Systems:
         return lambda instances: score_candidates(self.toolbox.sasrec, instances)
 
     def baselines(self, instances) -> dict:
-        rows = {"random": self.baseline("random", instances, random_scorer),
-                "popularity": self.baseline("popularity", instances, popularity_scorer(self.data)),
-                "co-occurrence": self.baseline("co-occurrence", instances, cooccurrence_scorer(self.data))}
+        rows = {"random": self.baseline(instances, random_scorer),
+                "popularity": self.baseline(instances, popularity_scorer(self.data)),
+                "co-occurrence": self.baseline(instances, cooccurrence_scorer(self.data))}
         if self.toolbox.sasrec is not None:
-            rows["SASRec"] = self.baseline("SASRec", instances, self.sasrec_scorer())
+            rows["SASRec"] = self.baseline(instances, self.sasrec_scorer())
         return rows
 
 
@@ -235,7 +236,7 @@ def scaling_table(cfg: Config, systems: Systems, data) -> dict:
     for n in (int(s) for s in cfg.scaling.split(",")):
         instances = eval_instances(cfg, data, n)
         rows[f"N={n}, agent"] = {"N": n, **systems.agent(f"N={n}, agent", cfg.checkpoint, instances)}
-        rows[f"N={n}, SASRec"] = {"N": n, **systems.baseline("SASRec", instances, systems.sasrec_scorer())}
+        rows[f"N={n}, SASRec"] = {"N": n, **systems.baseline(instances, systems.sasrec_scorer())}
         if n > cfg.shortlist:
             scores = score_candidates(systems.toolbox.sasrec, instances)
             short = shortlist(instances, scores, cfg.shortlist, cfg.seed)
