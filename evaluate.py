@@ -22,6 +22,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from tqdm.auto import tqdm
@@ -93,10 +94,9 @@ def _with_agent_settings(cfg: Config) -> Config:
     paper's defaults. The frozen policy of a preset run is its warm start."""
     marker = Path(cfg.checkpoint) / G.PRESET_MARKER if cfg.checkpoint else None
     trained = json.loads(marker.read_text()) if marker is not None and marker.is_file() else {}
-    unset = {"tool_set": "", "max_tool_calls": 0, "max_turn_tokens": 0, "max_context": 0, "max_title_chars": -1}
     fill = {}
     for name in AGENT_SETTINGS:
-        if getattr(cfg, name) == unset[name]:
+        if getattr(cfg, name) == getattr(Config, name):  # the field's default means "not given"
             fill[name] = trained.get("tools" if name == "tool_set" else name, DEFAULT_AGENT[name])
     if not cfg.frozen and trained:  # the run folder holds out/final and out/preset/warm_start
         runs = [Path(cfg.checkpoint).parent, Path(trained.get("out", ""))]
@@ -134,7 +134,7 @@ class Systems:
             enabled = None if cfg.tool_set in ("", "all") else tuple(cfg.tool_set.split(","))
             self.toolbox = Toolbox(data, None, enabled=enabled)
         else:
-            self.toolbox = G.make_toolbox(SimpleTools(cfg.tool_set or "all"), data)
+            self.toolbox = G.make_toolbox(SimpleNamespace(tools=cfg.tool_set or "all"), data)
         self.models: dict[str, tuple] = {}
         self.trajectories: dict[str, list] = {}
 
@@ -181,12 +181,6 @@ class Systems:
         if self.toolbox.sasrec is not None:
             rows["SASRec"] = self.baseline(instances, self.sasrec_scorer())
         return rows
-
-
-@dataclass
-class SimpleTools:
-    """What train_grpo.make_toolbox reads from a config: the tool list."""
-    tools: str
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -236,9 +230,9 @@ def scaling_table(cfg: Config, systems: Systems, data) -> dict:
     for n in (int(s) for s in cfg.scaling.split(",")):
         instances = eval_instances(cfg, data, n)
         rows[f"N={n}, agent"] = {"N": n, **systems.agent(f"N={n}, agent", cfg.checkpoint, instances)}
-        rows[f"N={n}, SASRec"] = {"N": n, **systems.baseline(instances, systems.sasrec_scorer())}
+        scores = score_candidates(systems.toolbox.sasrec, instances)  # the baseline and the shortlist share them
+        rows[f"N={n}, SASRec"] = {"N": n, **systems.baseline(instances, lambda xs: scores)}
         if n > cfg.shortlist:
-            scores = score_candidates(systems.toolbox.sasrec, instances)
             short = shortlist(instances, scores, cfg.shortlist, cfg.seed)
             label = f"N={n}, two-stage (SASRec top {cfg.shortlist} -> agent)"
             rows[label] = {"N": n, "shortlist_recall": shortlist_recall(short),

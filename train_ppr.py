@@ -288,7 +288,7 @@ def main(argv=None) -> None:
     per_unit = 1 if cfg.unidirectional or cfg.objective == "grpo" else 2  # logistic keeps MORE / LESS together
     # every rank builds every context (simple and deterministic; a rank-split + gather would save time at scale)
     contexts = answer_contexts(rollout, tasks, cfg)[0] if cfg.objective == "logistic" else [None] * len(tasks)
-    if cfg.train_context_tokens:  # train on each context's tail only (evaluation always uses the whole context)
+    if cfg.train_context_tokens and cfg.objective == "logistic":  # train on the tails (evaluation: whole contexts)
         contexts = [c[-cfg.train_context_tokens:] for c in contexts]
     replay = replay_trajectories(rollout, train_instances[:cfg.replay_instances], cfg) \
         if cfg.objective == "logistic" and cfg.replay_coef > 0 else []
@@ -374,16 +374,13 @@ def _evaluation(model, rollout, probes: dict, valid_instances, cfg: Config, info
 def report(out: Path, before: dict, after: dict, mining: dict, valid_mining: dict) -> dict:
     """Before vs after with paired bootstrap CIs; printed and written to out/report.json."""
     hit1 = [[float(r == 1) for r in e["ranks"]] for e in (before, after)]
-    rows = {"pairwise accuracy, agent answer (greedy, tools)": paired_bootstrap(before["agent"], after["agent"]),
-            "pairwise accuracy, likelihood margin": paired_bootstrap(before["likelihood"], after["likelihood"]),
-            "control: likelihood accuracy, random negatives": paired_bootstrap(before["likelihood_random"],
-                                                                                after["likelihood_random"]),
-            "ranking H@1 on valid instances": paired_bootstrap(*hit1)}
-    means = {"pairwise accuracy, agent answer (greedy, tools)": (before["agent_accuracy"], after["agent_accuracy"]),
-             "pairwise accuracy, likelihood margin": (before["likelihood_accuracy"], after["likelihood_accuracy"]),
-             "control: likelihood accuracy, random negatives": (before["likelihood_random_accuracy"],
-                                                                after["likelihood_random_accuracy"]),
-             "ranking H@1 on valid instances": (float(np.mean(hit1[0])), float(np.mean(hit1[1])))}
+    series = {"pairwise accuracy, agent answer (greedy, tools)": (before["agent"], after["agent"]),
+              "pairwise accuracy, likelihood margin": (before["likelihood"], after["likelihood"]),
+              "control: likelihood accuracy, random negatives": (before["likelihood_random"],
+                                                                 after["likelihood_random"]),
+              "ranking H@1 on valid instances": tuple(hit1)}
+    rows = {name: paired_bootstrap(a, b) for name, (a, b) in series.items()}
+    means = {name: (float(np.mean(a)), float(np.mean(b))) for name, (a, b) in series.items()}
     lines = [f"train pairs: {mining.get('violations')} (violation rate {mining.get('violation_rate', 1.0):.3f}); "
              f"valid pairs: {valid_mining['violations']} ({len(before['agent'])} tasks)",
              f"{'metric':<50}{'before':>8}{'after':>8}   change [95% CI]"]

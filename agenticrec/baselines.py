@@ -15,7 +15,7 @@ from collections.abc import Callable
 import numpy as np
 
 from agenticrec.data import Dataset, Instance, training_sequences
-from agenticrec.reward import ranking_metrics
+from agenticrec.reward import rank_of, ranking_metrics
 
 Scorer = Callable[[list[Instance]], list[list[float]]]
 
@@ -64,10 +64,16 @@ def rankings(instances: list[Instance], scores: list[list[float]], tiebreak: np.
     return out
 
 
+def target_ranks(data: Dataset, instances: list[Instance], scorer: Scorer) -> list[int | None]:
+    """1-based rank of each instance's target in the scorer's order (``rankings``); None when the target is not
+    among the candidates (a shortlist dropped it)."""
+    ranked = rankings(instances, scorer(instances), popularity(data))
+    return [rank_of(r, x.target) for x, r in zip(instances, ranked)]
+
+
 def evaluate_scorer(data: Dataset, instances: list[Instance], scorer: Scorer) -> dict[str, float]:
     """Mean HR@1/5/10 and NDCG@5/10 of a scorer over instances."""
-    ranked = rankings(instances, scorer(instances), popularity(data))
-    rows = [ranking_metrics(r.index(x.target) + 1) for x, r in zip(instances, ranked)]
+    rows = [ranking_metrics(r) for r in target_ranks(data, instances, scorer)]
     return {k: float(np.mean([row[k] for row in rows])) for k in rows[0]}
 
 

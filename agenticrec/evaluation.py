@@ -16,9 +16,9 @@ from collections.abc import Callable
 import numpy as np
 
 from agenticrec.agent import Rollout, Trajectory
-from agenticrec.baselines import Scorer, popularity, rankings
+from agenticrec.baselines import Scorer, target_ranks
 from agenticrec.data import Dataset, Instance
-from agenticrec.reward import rank_of, ranking_metrics
+from agenticrec.reward import ranking_metrics
 from agenticrec.stats import bootstrap_ci
 
 METRICS = ("H@1", "H@5", "H@10", "N@5", "N@10")
@@ -36,11 +36,10 @@ def metric_cis(ranks: list[int | None], seed: int = 0) -> dict[str, dict[str, fl
 
 
 def scorer_ranks(data: Dataset, instances: list[Instance], scorer: Scorer) -> tuple[list[int | None], float]:
-    """(target ranks, seconds) of a non-LLM scorer: candidates ordered by ``baselines.rankings`` (ties by train
-    popularity, then candidate order). A target absent from the candidates (a shortlist dropped it) ranks None."""
+    """(target ranks, seconds) of a non-LLM scorer (``baselines.target_ranks``: ties by train popularity, then
+    candidate order; a target absent from the candidates ranks None)."""
     start = time.perf_counter()
-    ranked = rankings(instances, scorer(instances), popularity(data))
-    return [rank_of(r, x.target) for x, r in zip(instances, ranked)], time.perf_counter() - start
+    return target_ranks(data, instances, scorer), time.perf_counter() - start
 
 
 # ----------------------------------------------------------------------------------------------------------------
