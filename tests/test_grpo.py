@@ -188,3 +188,123 @@ def test_advantage_kinds_by_hand_and_dynamic_sampling():
     assert torch.allclose(group_advantages(rewards, "std")[0], torch.tensor([1.0, 0.0, -1.0, 0.0], dtype=F64) / (std + 1e-6))
     assert keep_group(rewards).tolist() == [True, False, True]
     assert keep_group(rewards, drop_all_equal=True).tolist() == [True, False, False]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Values, not invariances: each term of grpo_loss against a formula written out here, element by element
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=50, deadline=None)
+@given(K=st.integers(2, 6), seed=st.integers(0, 10_000))
+def test_k1_is_unbiased_for_kl(K, seed):
+    g = torch.Generator().manual_seed(seed)
+    logp = torch.randn(K, generator=g, dtype=F64).log_softmax(0)
+    ref = torch.randn(K, generator=g, dtype=F64).log_softmax(0)
+    kl_pi_ref = sum(math.exp(lp) * (lp - r) for lp, r in zip(logp.tolist(), ref.tolist()))
+    assert float((logp.exp() * kl_penalty(logp, ref, "k1")).sum()) == pytest.approx(kl_pi_ref, abs=1e-12)
+    assert kl_pi_ref > 0
+
+
+# each estimator's value k(logp, ref) and its derivative d k / d logp, as scalar formulas
+KL_FORMULAS = {
+    "k1": (lambda lp, r: lp - r, lambda lp, r: 1.0),
+    "k2": (lambda lp, r: 0.5 * (lp - r) ** 2, lambda lp, r: lp - r),
+    "k3": (lambda lp, r: math.exp(r - lp) - (r - lp) - 1, lambda lp, r: 1 - math.exp(r - lp)),
+}
+
+
+@pytest.mark.parametrize("estimator", sorted(KL_FORMULAS))
+@pytest.mark.parametrize("aggregation", ["token_mean", "sequence_mean"])
+def test_kl_term_value_and_gradient_at_zero_advantage(estimator, aggregation):
+    """At advantage 0 and ratio 1 the loss is the KL term alone: beta * sum(mask * k) / n (token_mean) or
+    beta * sum_b [sum_t mask * k / |b|] / n (sequence_mean), with gradient beta * k'(logp) * mask / (|b|) n."""
+    logp, _, ref, mask, _ = random_batch(11, B=4, T=7)
+    beta, n = 0.3, 5.0
+    loss, metrics = grpo_loss(logp, logp.detach(), torch.zeros(4, dtype=F64), mask, normalizer=n, ref_logp=ref,
+                              kl_coef=beta, kl_estimator=estimator, aggregation=aggregation)
+    grad = torch.autograd.grad(loss, logp)[0]
+    value, slope = KL_FORMULAS[estimator]
+    expected_loss, expected_grad = 0.0, torch.zeros_like(grad)
+    kl_sum = 0.0
+    for b in range(4):
+        count = sum(mask[b].tolist())
+        scale = beta / n / (count if aggregation == "sequence_mean" else 1.0)
+        for t in range(7):
+            if mask[b, t]:
+                lp, r = float(logp[b, t].detach()), float(ref[b, t])
+                expected_loss += scale * value(lp, r)
+                expected_grad[b, t] = scale * slope(lp, r)
+                kl_sum += value(lp, r)
+    assert loss.item() == pytest.approx(expected_loss, abs=1e-12) and expected_loss != 0
+    assert torch.allclose(grad, expected_grad, atol=1e-12)
+    assert metrics["kl"] == pytest.approx(kl_sum / float(mask.sum()), abs=1e-12)
+
+
+def plain_ppo_token(ratio: float, adv: float, eps: float) -> tuple[float, float]:
+    """One token of PPO's clipped surrogate, written out: (loss, d loss / d log pi). The objective is
+    min(r A, clip(r, 1 - eps, 1 + eps) A); where the clipped term is the smaller one it is constant in pi."""
+    clipped_ratio = min(max(ratio, 1 - eps), 1 + eps)
+    if ratio * adv <= clipped_ratio * adv:
+        return -ratio * adv, -ratio * adv  # d(r A)/d log pi = r A
+    return -clipped_ratio * adv, 0.0
+
+
+def test_clipped_loss_by_hand():
+    # four one-token sequences: ratios 1.5 and 0.5 around a clip of 0.2, each with A = +1 and A = -1
+    logp = torch.tensor([[1.5], [1.5], [0.5], [0.5]], dtype=F64).log().requires_grad_()
+    adv = torch.tensor([1.0, -1.0, 1.0, -1.0], dtype=F64)
+    loss, metrics = grpo_loss(logp, torch.zeros(4, 1, dtype=F64), adv, torch.ones(4, 1, dtype=F64), normalizer=4.0,
+                              clip_eps=0.2)
+    # A=+1, r=1.5: min(1.5, 1.2) = 1.2 (clipped, no gradient);  A=-1, r=1.5: min(-1.5, -1.2) = -1.5 (gradient)
+    # A=+1, r=0.5: min(0.5, 0.8) = 0.5 (gradient);              A=-1, r=0.5: min(-0.5, -0.8) = -0.8 (clipped)
+    assert loss.item() == pytest.approx(-(1.2 - 1.5 + 0.5 - 0.8) / 4, abs=1e-12)
+    grad = torch.autograd.grad(loss, logp)[0]
+    assert torch.allclose(grad, torch.tensor([[0.0], [1.5], [-0.5], [0.0]], dtype=F64) / 4, atol=1e-12)
+    assert metrics["clip_frac"] == 1.0 and metrics["ratio_max"] == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.2])
+def test_clipped_loss_equals_plain_ppo_on_a_random_batch(eps):
+    logp, _, _, mask, adv = random_batch(5, B=8, T=6)
+    g = torch.Generator().manual_seed(6)
+    old = logp.detach() + 0.4 * torch.randn(8, 6, generator=g, dtype=F64)  # ratios well outside 1 +- eps
+    loss, metrics = grpo_loss(logp, old, adv, mask, normalizer=9.0, clip_eps=eps)
+    grad = torch.autograd.grad(loss, logp)[0]
+    expected_loss, expected_grad, cases = 0.0, torch.zeros_like(grad), set()
+    for b in range(8):
+        for t in range(6):
+            if mask[b, t]:
+                ratio, a = math.exp(float(logp[b, t].detach() - old[b, t])), float(adv[b])
+                value, slope = plain_ppo_token(ratio, a, eps)
+                expected_loss += value / 9.0
+                expected_grad[b, t] = slope / 9.0
+                cases.add((ratio > 1 + eps, ratio < 1 - eps, a > 0))
+    assert {(True, False, True), (True, False, False), (False, True, True), (False, True, False)} <= cases
+    assert loss.item() == pytest.approx(expected_loss, abs=1e-12)
+    assert torch.allclose(grad, expected_grad, atol=1e-12)
+    ratio = (logp - old).exp()
+    assert metrics["clip_frac"] == pytest.approx(float((((ratio - 1).abs() > eps) * mask).sum() / mask.sum()))
+
+
+def test_sequence_mean_weights_each_sequence_by_its_own_sampled_tokens():
+    # two sequences padded to T = 4 with 1 and 4 sampled tokens, per-token losses -A (ratio 1): each sequence's
+    # mean is -A whatever its length, so the loss is -(A_0 + A_1) / normalizer
+    logp = torch.zeros(2, 4, dtype=F64, requires_grad=True)
+    mask = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]], dtype=F64)
+    adv = torch.tensor([2.0, -0.5], dtype=F64)
+    loss, _ = grpo_loss(logp, logp.detach(), adv, mask, normalizer=2.0, aggregation="sequence_mean")
+    assert loss.item() == pytest.approx(-(2.0 - 0.5) / 2)
+    grad = torch.autograd.grad(loss, logp)[0]
+    assert torch.allclose(grad, torch.tensor([[-2.0, 0, 0, 0], [0.5 / 4] * 4], dtype=F64) / 2)
+    token_loss, _ = grpo_loss(logp, logp.detach(), adv, mask, normalizer=5.0)
+    assert token_loss.item() == pytest.approx(-(2.0 - 0.5 * 4) / 5)  # token_mean: the long sequence weighs 4x
+
+
+def test_keep_group_by_hand():
+    rewards = torch.tensor([[-1.0, -0.5], [-1.0, -1.0], [0.2, 0.2], [-0.5, 0.3], [0.0, 0.0]], dtype=F64)
+    assert keep_group(rewards).tolist() == [False, False, True, True, True]
+    assert keep_group(rewards, drop_all_equal=True).tolist() == [False, False, False, True, False]
+    assert keep_group(rewards, drop_all_negative=False, drop_all_equal=True).tolist() == [True, False, False, True,
+                                                                                          False]
+    assert keep_group(rewards, drop_all_negative=False).tolist() == [True] * 5
