@@ -11,7 +11,7 @@ How this differs from textbook GRPO (docs/grpo.md has the math):
 3. Advantages are group-mean (the paper; no std division), which Prop 4.1 shows is unbiased up to (G-1)/G;
    `--advantage std` and `rloo` are options.
 4. Dynamic sampling drops groups whose rewards are all negative and refills the batch, so the update size stays
-   fixed; groups that could not be refilled are padded with zero-advantage groups (logged).
+   fixed; groups that could not be refilled are padded with zero-weight groups (no loss; logged).
 5. The KL to the frozen reference is a k3 penalty in the loss (beta 1e-3), not a reward term; beta 0 loads no
    reference model.
 6. The loss is a token mean over the GLOBAL batch (the normaliser is all-reduced), so its gradient does not depend
@@ -260,12 +260,13 @@ def update(model, ref_model, optimizer, groups, weights, cfg: Config, info: D.Di
         for i, (prompt, continuations, mask) in enumerate(batches):
             logp = group_logprobs(model, prompt, continuations, cfg.temperature, mask)
             old_logp = old[i] if old is not None else logp.detach()
-            loss, m = grpo_loss(logp, old_logp, advantages[i].to(logp.device), mask, normalizer, refs[i],
+            loss_mask = mask * weights[i]  # a padded group carries no loss: neither its advantages nor its KL
+            loss, m = grpo_loss(logp, old_logp, advantages[i].to(logp.device), loss_mask, normalizer, refs[i],
                                 cfg.clip_eps, cfg.kl_coef, cfg.kl_estimator, cfg.aggregation)
             loss.backward()
             tokens = m["tokens"]
             metrics.update({"loss": loss.item(), "kl_sum": m["kl"] * tokens, "clip_sum": m["clip_frac"] * tokens,
-                            "tokens": tokens, "neg_logp_sum": float(-(logp.detach() * mask).sum())})
+                            "tokens": tokens, "neg_logp_sum": float(-(logp.detach() * loss_mask).sum())})
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         if not torch.isfinite(grad_norm):  # never let one bad batch poison the weights; counted in the logs
             log.warning("non-finite gradient norm; update skipped")

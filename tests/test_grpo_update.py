@@ -1,0 +1,258 @@
+"""The trainer's path from rollouts to a gradient, against the policy-gradient formula written out here.
+
+`update` turns groups of trajectories into one optimiser step. Its gradient must equal, for every parameter,
+
+    grad of  sum_{groups, g, t} w_group * mask[g, t] * L_{g, t} / N
+    L_{g, t} = -min(r A_g, clip(r, 1 - eps, 1 + eps) A_g) + beta * k3(log pi, log ref),   r = pi / pi_old
+
+with log pi from ONE full forward over each trajectory's ids at the sampling temperature (no prefix sharing),
+A_g = R_g - mean(R) per group, N = the kept groups' sampled tokens (token_mean) or sequences (sequence_mean), and
+the mask the rollout recorded. A consistent bug (a shifted mask, a wrong normaliser, a padded group trained on)
+passes the invariance tests (1 rank = 4 ranks, resume = uninterrupted); it fails these.
+"""
+
+import pytest
+import torch
+
+import train_grpo
+from agenticrec import distributed as D
+from agenticrec.agent import Trajectory
+from agenticrec.data import Instance
+from agenticrec.model import Qwen3, Qwen3Config
+
+SINGLE = D.DistInfo(0, 1, 0, torch.device("cpu"), None)
+INSTANCE = Instance("u", [1, 2], 3, [3, 4, 5], position=2)
+VOCAB = 61
+
+
+def tiny_model(seed: int) -> Qwen3:
+    torch.manual_seed(seed)
+    return Qwen3(Qwen3Config(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                             num_attention_heads=2, num_key_value_heads=1, head_dim=8, tie_word_embeddings=True))
+
+
+def trajectory(prompt: list[int], turns: list[tuple[list[int], int]], reward: float) -> Trajectory:
+    """prompt + turns, each (ids, 1) when sampled or (ids, 0) when forced (an observation)."""
+    ids, mask = list(prompt), [0] * len(prompt)
+    for chunk, sampled in turns:
+        ids += chunk
+        mask += [sampled] * len(chunk)
+    t = Trajectory(INSTANCE, 0, ids, mask, [0.0] * len(ids), len(prompt))
+    t.reward = reward
+    return t
+
+
+def groups_for_test() -> list[list[Trajectory]]:
+    """Two groups of three: multi-turn continuations (sampled turn, observation, sampled turn) of unequal lengths."""
+    g = torch.Generator().manual_seed(7)
+
+    def ids(n):
+        return torch.randint(0, VOCAB, (n,), generator=g).tolist()
+
+    out = []
+    for rewards in ([0.9, -0.5, 0.2], [-1.0, 1.1, 0.0]):
+        prompt = ids(9)
+        out.append([trajectory(prompt, [(ids(3 + k), 1), (ids(4), 0), (ids(2 + 2 * k), 1)], r)
+                    for k, r in enumerate(rewards)])
+    return out
+
+
+class RecordingSGD(torch.optim.SGD):
+    """SGD that keeps the gradient of every step it takes."""
+
+    def __init__(self, params, lr):
+        super().__init__(params, lr=lr)
+        self.grads = []
+
+    def step(self, closure=None):
+        self.grads.append([p.grad.detach().clone() for group in self.param_groups for p in group["params"]])
+        return super().step(closure)
+
+
+def run_update(groups, weights, cfg, model_seed=0, lr=1.0):
+    model, ref = tiny_model(model_seed), tiny_model(model_seed + 1)
+    start = [p.detach().clone() for p in model.parameters()]
+    optimizer = RecordingSGD(model.parameters(), lr)
+    stats = train_grpo.update(model, ref if cfg.kl_coef else None, optimizer, groups, weights, cfg, SINGLE)
+    return optimizer.grads, start, ref, stats
+
+
+def full_logprobs(model, t: Trajectory, temperature: float) -> torch.Tensor:
+    """log pi(ids[j] | ids[:j]) for every j >= 1 from one full forward, [len(ids) - 1]."""
+    ids = torch.tensor([t.ids])
+    logits = model(ids)[0, :-1].float() / temperature
+    return logits.log_softmax(-1).gather(-1, ids[0, 1:, None])[:, 0]
+
+
+def formula_gradient(params, ref, groups, weights, cfg, old_params=None) -> list[torch.Tensor]:
+    """The gradient of the objective in the module docstring at ``params`` (pi_old at ``old_params``)."""
+    model = tiny_model(0)
+    with torch.no_grad():
+        for p, value in zip(model.parameters(), params):
+            p.copy_(value)
+    old_model = None
+    if old_params is not None:
+        old_model = tiny_model(0)
+        with torch.no_grad():
+            for p, value in zip(old_model.parameters(), old_params):
+                p.copy_(value)
+    kept = [(group, w) for group, w in zip(groups, weights) if w > 0]
+    if cfg.aggregation == "token_mean":
+        normalizer = sum(sum(t.mask) for group, _ in kept for t in group)
+    else:
+        normalizer = sum(len(group) for group, _ in kept)
+    total = 0.0
+    for group, w in zip(groups, weights):
+        mean = sum(t.reward for t in group) / len(group)
+        for t in group:
+            advantage = (t.reward - mean) * w
+            mask = torch.tensor(t.mask[1:], dtype=torch.float)  # position j scores ids[j + 1]
+            logp = full_logprobs(model, t, cfg.temperature)
+            with torch.no_grad():
+                old = logp.detach() if old_model is None else full_logprobs(old_model, t, cfg.temperature)
+                ref_logp = full_logprobs(ref, t, cfg.temperature)
+            ratio = torch.exp(logp - old)
+            clipped = ratio.clamp(1 - cfg.clip_eps, 1 + cfg.clip_eps)
+            per_token = -torch.minimum(ratio * advantage, clipped * advantage)
+            per_token = per_token + cfg.kl_coef * (torch.exp(ref_logp - logp) - (ref_logp - logp) - 1)
+            summed = (per_token * mask).sum()
+            total = total + (summed / mask.sum() if cfg.aggregation == "sequence_mean" else summed)
+    return list(torch.autograd.grad(total / normalizer, list(model.parameters())))
+
+
+def config(**overrides) -> train_grpo.Config:
+    return train_grpo.Config(**{"kl_coef": 0.05, "temperature": 0.7, "grad_clip": 1e9, **overrides})
+
+
+def assert_same(grads, expected):
+    scale = max(float(e.abs().max()) for e in expected)
+    assert scale > 1e-4  # the test has a gradient to compare
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "sequence_mean"])
+def test_update_gradient_is_the_policy_gradient_formula(aggregation):
+    groups, cfg = groups_for_test(), config(aggregation=aggregation)
+    grads, start, ref, stats = run_update(groups, [1.0, 1.0], cfg)
+    assert len(grads) == 1
+    assert_same(grads[0], formula_gradient(start, ref, groups, [1.0, 1.0], cfg))
+    assert stats["tokens"] == sum(sum(t.mask) for g in groups for t in g)
+
+
+def test_update_with_mu_2_clips_against_the_first_pass():
+    """Step 1 is on-policy (ratio 1); step 2 is at the moved weights with pi_old from before step 1, and the
+    clip is active on some tokens."""
+    groups, cfg = groups_for_test(), config(mu=2, clip_eps=0.02)
+    grads, start, ref, _ = run_update(groups, [1.0, 1.0], cfg, lr=3.0)
+    assert len(grads) == 2
+    assert_same(grads[0], formula_gradient(start, ref, groups, [1.0, 1.0], cfg))
+    moved = [p - 3.0 * g for p, g in zip(start, grads[0])]
+    assert_same(grads[1], formula_gradient(moved, ref, groups, [1.0, 1.0], cfg, old_params=start))
+    model, old = tiny_model(0), tiny_model(0)
+    with torch.no_grad():
+        for p, q, a, b in zip(model.parameters(), old.parameters(), moved, start):
+            p.copy_(a)
+            q.copy_(b)
+        ratios = torch.cat([(full_logprobs(model, t, cfg.temperature) - full_logprobs(old, t, cfg.temperature)).exp()
+                            for group in groups for t in group])
+    assert ((ratios - 1).abs() > cfg.clip_eps).any()  # the clip is exercised
+
+
+def test_update_clips_the_gradient_norm():
+    """With --grad-clip below the gradient's norm, the step takes the formula's gradient scaled to that norm."""
+    groups, cfg = groups_for_test(), config(grad_clip=1e-3)
+    grads, start, ref, stats = run_update(groups, [1.0, 1.0], cfg)
+    expected = formula_gradient(start, ref, groups, [1.0, 1.0], cfg)
+    norm = float(torch.cat([e.flatten() for e in expected]).norm())
+    assert norm > 10 * cfg.grad_clip and stats["grad_norm"] == pytest.approx(norm, rel=1e-4)
+    assert_same(grads[0], [e * cfg.grad_clip / norm for e in expected])
+
+
+def test_a_padded_group_changes_nothing():
+    """[kept, padded] with weights [1, 0] gives the update of [kept] alone: the padded group carries no loss (neither
+    its advantages, nonzero here since its rewards are unequal, nor its KL term) and is not in the normaliser."""
+    kept, padded = groups_for_test()
+    for t, r in zip(padded, (-1.0, -0.5, -1.0)):
+        t.reward = r
+    cfg = config()
+    with_padding = run_update([kept, padded], [1.0, 0.0], cfg)[0]
+    alone = run_update([kept], [1.0], cfg)[0]
+    for a, b in zip(with_padding[0], alone[0]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_trainer_mask_is_the_rollout_mask_after_the_prompt_padded():
+    prompt = [5, 6, 7, 8]
+    group = [trajectory(prompt, [([10, 11], 1), ([12, 13, 14], 0), ([15], 1)], 0.0),
+             trajectory(prompt, [([20], 1)], 0.0)]
+    ids, continuations, mask = train_grpo._group_tensors(group, torch.device("cpu"))
+    assert ids == prompt and continuations == [[10, 11, 12, 13, 14, 15], [20]]
+    assert mask.tolist() == [[1, 1, 0, 0, 0, 1], [1, 0, 0, 0, 0, 0]]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Dynamic sampling: which groups are kept, dropped, refilled and padded
+# ------------------------------------------------------------------------------------------------------------------
+
+
+class ListStream:
+    """Instances in a fixed order (what collect_groups takes from a DataStream)."""
+
+    def __init__(self, instances):
+        self.instances, self.position = list(instances), 0
+
+    def take(self, n):
+        out = self.instances[self.position:self.position + n]
+        self.position += n
+        return out
+
+
+class FixedRewardRollout:
+    """A rollout whose group rewards are fixed per instance (by its user name)."""
+
+    def __init__(self, rewards: dict[str, list[float]]):
+        self.rewards, self.calls = rewards, []
+
+    def run(self, instances, group_size, seed):
+        self.calls.append([x.user for x in instances])
+        out = []
+        for x in instances:
+            for r in self.rewards[x.user]:
+                t = Trajectory(x, 0, [1, 2], [0, 1], [0.0, 0.0], 1)
+                t.reward = r
+                out.append(t)
+        return out
+
+
+REWARDS = {"mixed": [0.5, -0.5], "negative": [-1.0, -0.5], "equal": [0.3, 0.3], "spread": [1.0, -1.0],
+           "invalid": [-1.0, -1.0]}
+
+
+def collect(drop_all_equal: bool, refill_rounds: int = 1):
+    instances = [Instance(u, [1], 2, [2, 3], position=1) for u in ("mixed", "negative", "equal", "spread", "invalid")]
+    rollout = FixedRewardRollout(REWARDS)
+    cfg = train_grpo.Config(batch_size=3, group_size=2, refill_rounds=refill_rounds, drop_all_equal=drop_all_equal)
+    groups, weights, trajectories, dropped, padded = train_grpo.collect_groups(rollout, ListStream(instances), cfg,
+                                                                               0, SINGLE)
+    return [g[0].instance.user for g in groups], weights, len(trajectories), dropped, padded, rollout.calls
+
+
+def test_dynamic_sampling_drops_all_negative_groups_and_refills():
+    users, weights, n, dropped, padded, calls = collect(drop_all_equal=False)
+    assert calls == [["mixed", "negative", "equal"], ["spread"]]
+    assert users == ["mixed", "equal", "spread"] and weights == [1.0, 1.0, 1.0]
+    assert (n, dropped, padded) == (8, 1, 0)
+
+
+def test_dynamic_sampling_drops_equal_groups_when_asked_and_pads_what_it_cannot_refill():
+    users, weights, n, dropped, padded, calls = collect(drop_all_equal=True)
+    assert calls == [["mixed", "negative", "equal"], ["spread", "invalid"]]
+    assert users == ["mixed", "spread", "negative"] and weights == [1.0, 1.0, 0.0]  # padded with a dropped group
+    assert (n, dropped, padded) == (10, 3, 1)
+
+
+def test_dynamic_sampling_without_refill_rounds_pads_at_once():
+    users, weights, _, dropped, padded, calls = collect(drop_all_equal=False, refill_rounds=0)
+    assert calls == [["mixed", "negative", "equal"]]
+    assert users == ["mixed", "equal", "negative"] and weights == [1.0, 1.0, 0.0] and (dropped, padded) == (1, 1)
