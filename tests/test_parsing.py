@@ -70,6 +70,7 @@ INVALID_CASES = [
     (answer("[" + "9" * 5000 + ", 2, 3, 4, 5, 6, 7, 8, 9, 10]"), Reason.INDEX_OUT_OF_RANGE),
     (answer("[1, 2, 3, 4, 5, 6, 7, 8, 9, 1]"), Reason.DUPLICATE_INDEX),
     (answer("[1, 2, 3]"), Reason.TOO_FEW_ITEMS),
+    (answer("[1, 2, 3, 4, 5, 6, 7, 8, 9]"), Reason.TOO_FEW_ITEMS),  # K - 1
     (answer("[]"), Reason.TOO_FEW_ITEMS),
     (answer("[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]"), Reason.TOO_MANY_ITEMS),
 ]
@@ -138,3 +139,16 @@ def test_valid_tool_calls_round_trip(name, arguments):
     # The one thing arguments cannot hold is the closing tag itself: generation stops at </tool_call>.
     assume("</tool_call>" not in json.dumps(arguments, ensure_ascii=False))
     assert parse_turn(tool_call_text(name, arguments), TOOLS, RANK) == ToolCall(name, arguments)
+
+
+@settings(max_examples=100, deadline=None)
+@given(n=st.integers(1, 30), data=st.data())
+def test_exactly_k_items_is_the_only_valid_length(n, data):
+    """K - 1 distinct in-range items are too few and K + 1 too many, for every K <= N (a 9-item top-10 is invalid)."""
+    k = data.draw(st.integers(1, n))
+    order = data.draw(st.permutations(range(1, n + 1)))
+    fmt = RankingFormat(num_candidates=n, length=k)
+    assert parse_turn(answer(json.dumps(order[:k])), TOOLS, fmt) == Answer(ranking=tuple(order[:k]))
+    assert parse_turn(answer(json.dumps(order[:k - 1])), TOOLS, fmt).reason == Reason.TOO_FEW_ITEMS
+    if k < n:
+        assert parse_turn(answer(json.dumps(order[:k + 1])), TOOLS, fmt).reason == Reason.TOO_MANY_ITEMS

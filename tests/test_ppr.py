@@ -133,6 +133,16 @@ def test_tasks_are_balanced_and_bidirectional(n, seed):
     assert len(bidirectional_tasks(pairs, seed, unidirectional=True)) == n
 
 
+def test_the_answer_is_the_letter_of_c_plus_for_more_and_of_c_minus_for_less():
+    assert PreferenceTask("u", [1], 10, [20, 10], 1, "train", MORE).answer == "B"  # c+ = 10 sits at B
+    assert PreferenceTask("u", [1], 20, [20, 10], 1, "train", LESS).answer == "A"  # c- = 20 sits at A
+    pairs = [Pair("u", (1,), 1, positive=10 + i, negative=100 + i, negative_rank=1, target_rank=2, pool_size=1)
+             for i in range(7)]
+    for task in bidirectional_tasks(pairs, seed=5):
+        positive_at_a = task.candidates[0] == pairs[task.pair_index].positive
+        assert task.answer == ("A" if positive_at_a == (task.direction == MORE) else "B")
+
+
 def test_random_negatives_and_the_pairs_file(tmp_path):
     instances = [Instance("u", [1, 2], 3, [4, 3, 5], position=2)] * 50
     pairs = random_pairs(instances, seed=0)

@@ -2,13 +2,14 @@
 report has every field. (A random policy's rollouts are all invalid, so pairs come from random negatives.)"""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import train_ppr
 from agenticrec.model import load_pretrained
-from agenticrec.ppr import random_pairs, read_pairs
+from agenticrec.ppr import LESS, MORE, random_pairs, read_pairs
 from grpo_fakes import tiny_policy_folder
 
 SMALL = ["--dataset", "beauty2023", "--batch-size", "4", "--group-size", "2", "--max-turn-tokens", "8",
@@ -105,3 +106,50 @@ def test_replay_batches_depend_on_seed_step_and_rank_only():
     assert train_ppr.replay_batch(pool, 5, cfg, rank0) != train_ppr.replay_batch(pool, 6, cfg, rank0)
     assert train_ppr.replay_batch(pool, 5, cfg, rank0) != train_ppr.replay_batch(pool, 5, cfg, rank1)
     assert train_ppr.replay_batch(pool, 5, train_ppr.Config(replay_coef=0.0), rank0) == []
+
+
+def test_logistic_update_gradient_is_the_prop_4_2_formula(policy):
+    """One logistic step's gradient against the loss written out from the pairs: for each pair, with letter(c) the
+    option where item c sits, d_MORE = ll(letter(c+) | MORE context) - ll(letter(c-) | MORE context) and
+    d_LESS = ll(letter(c-) | LESS context) - ll(letter(c+) | LESS context), where ll is the answer's summed
+    log-likelihood from one full forward; loss = mean over pairs of log(1 + e^-d_MORE) + log(1 + e^-d_LESS)."""
+    from agenticrec.ppr import Pair, answer_text, bidirectional_tasks
+    from agenticrec.tokenizer import load_tokenizer
+    from test_grpo_update import SINGLE, RecordingSGD
+    tokenizer, model = load_tokenizer(policy), load_pretrained(policy)
+    pairs = [Pair("u", (1,), 1, positive=10 + i, negative=100 + i, negative_rank=1, target_rank=2, pool_size=1)
+             for i in range(3)]
+    tasks = bidirectional_tasks(pairs, seed=0)
+    assert {t.candidates[0] == pairs[t.pair_index].positive for t in tasks} == {True, False}  # both layouts
+    g = torch.Generator().manual_seed(0)
+    contexts = [torch.randint(5, 500, (12 + i,), generator=g).tolist() for i in range(len(tasks))]
+    cfg = train_ppr.Config(temperature=0.8, grad_clip=1e9)
+    optimizer = RecordingSGD(model.parameters(), lr=1.0)
+    start = [p.detach().clone() for p in model.parameters()]
+    train_ppr.logistic_update(model, optimizer, SimpleNamespace(tokenizer=tokenizer), tasks, contexts, [], cfg, SINGLE)
+
+    reference = load_pretrained(policy)
+    with torch.no_grad():
+        for p, value in zip(reference.parameters(), start):
+            p.copy_(value)
+    answers = {c: tokenizer.encode(answer_text(c), add_special_tokens=False) for c in "AB"}
+
+    def loglik(context, letter):
+        ids = torch.tensor([context + answers[letter]])
+        logits = reference(ids)[0, len(context) - 1:-1].float() / cfg.temperature
+        return logits.log_softmax(-1).gather(-1, ids[0, len(context):, None]).sum()
+
+    total = 0.0
+    for i, pair in enumerate(pairs):
+        more, less = tasks[2 * i], tasks[2 * i + 1]
+        assert more.pair_index == less.pair_index == i and (more.direction, less.direction) == (MORE, LESS)
+        plus, minus = ("A", "B") if more.candidates[0] == pair.positive else ("B", "A")
+        d_more = loglik(contexts[2 * i], plus) - loglik(contexts[2 * i], minus)
+        d_less = loglik(contexts[2 * i + 1], minus) - loglik(contexts[2 * i + 1], plus)
+        total = total + torch.log1p(torch.exp(-d_more)) + torch.log1p(torch.exp(-d_less))
+    expected = torch.autograd.grad(total / len(pairs), list(reference.parameters()))
+    [grads] = optimizer.grads
+    scale = max(float(e.abs().max()) for e in expected)
+    assert scale > 1e-4
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5 * scale)
