@@ -237,7 +237,7 @@ def collect_groups(rollout: Rollout, stream: DataStream, cfg: Config, step: int,
 def update(model, ref_model, optimizer, groups, weights, cfg: Config, info: D.DistInfo) -> dict:
     """mu optimiser steps on this rank's groups; the loss normaliser is global (all-reduced)."""
     rewards = torch.tensor([[t.reward for t in group] for group in groups])
-    advantages = group_advantages(rewards, cfg.advantage) * torch.tensor(weights)[:, None]
+    advantages = group_advantages(rewards, cfg.advantage)
     batches = [_group_tensors(group, info.device) for group in groups]
     counts = [float(m.sum()) if cfg.aggregation == "token_mean" else float(len(g)) for (_, _, m), g in
               zip(batches, groups)]
@@ -274,7 +274,8 @@ def update(model, ref_model, optimizer, groups, weights, cfg: Config, info: D.Di
             continue
         optimizer.step()
     metrics["grad_norm"] = float(grad_norm)
-    metrics.update({f"adv_{k}": v for k, v in advantage_stats(advantages, rewards).items()})
+    trained = advantages * torch.tensor(weights)[:, None]  # what the loss sees: 0 for a padded group
+    metrics.update({f"adv_{k}": v for k, v in advantage_stats(trained, rewards).items()})
     return dict(metrics)
 
 

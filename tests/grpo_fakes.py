@@ -2,9 +2,13 @@
 with varied rewards (a random policy's rollouts are all invalid, so they would never move the weights)."""
 
 import hashlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from agenticrec.agent import Trajectory
 from agenticrec.data import load_dataset
@@ -54,3 +58,21 @@ def fake_collect_groups(rollout, stream, cfg, step, info):
     instances = stream.take(need)
     groups = [synthetic_group(x, step, cfg.group_size, stream.position) for x in instances]
     return groups, [1.0] * need, [t for g in groups for t in g], 0, 0
+
+
+def worker_weights(tmp_path: Path, objective: str, ranks: int) -> tuple[dict, dict]:
+    """Final weights of tests/dist_worker.py run in one process and under torchrun with ``ranks`` gloo ranks."""
+    worker = str(Path(__file__).resolve().parent / "dist_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one, many = tmp_path / "one.safetensors", tmp_path / "many.safetensors"
+    subprocess.run([sys.executable, worker, str(one), objective], check=True, env=env, timeout=300)
+    for attempt in range(3):  # gloo can abort at exit after success; the worker exits with os._exit to avoid it
+        run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
+                              "--master_port", str(29500 + attempt), worker, str(many), objective],
+                             env=env, timeout=300, capture_output=True, text=True)
+        if many.exists():
+            break
+    assert many.exists(), run.stderr[-2000:]
+    one, many = load_file(one), load_file(many)
+    assert one.keys() == many.keys()
+    return one, many

@@ -51,9 +51,18 @@ def test_prop_4_2_gradient_does_not_vanish_on_violations(ds):
 
 
 def test_unidirectional_loss_and_accuracy():
-    loss, m = bidirectional_loss(torch.tensor([2.0, -1.0]))
-    assert loss.item() == pytest.approx((math.log1p(math.exp(-2)) + math.log1p(math.exp(1))) / 2)
-    assert m["accuracy"] == 0.5
+    loss, m = bidirectional_loss(torch.tensor([2.0, -1.0, 0.5]))
+    assert loss.item() == pytest.approx((math.log1p(math.exp(-2)) + math.log1p(math.exp(1)) +
+                                         math.log1p(math.exp(-0.5))) / 3)
+    assert m["accuracy"] == pytest.approx(2 / 3)  # the margins > 0: c+ preferred
+
+
+def test_bidirectional_loss_and_accuracy_by_hand():
+    more, less = torch.tensor([1.0, -2.0]), torch.tensor([3.0, 0.5])
+    loss, m = bidirectional_loss(more, less)
+    terms = [math.log1p(math.exp(-d)) for d in (1.0, -2.0, 3.0, 0.5)]
+    assert loss.item() == pytest.approx((terms[0] + terms[2] + terms[1] + terms[3]) / 2)  # a mean over pairs
+    assert m["accuracy"] == pytest.approx(3 / 4) and m["loss"] == pytest.approx(loss.item())
 
 
 def test_logistic_loss_through_the_model_equals_the_formula(tokenizer):

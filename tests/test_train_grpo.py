@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 import train_grpo
 from agenticrec.model import Qwen3, load_pretrained
-from grpo_fakes import fake_collect_groups, tiny_config, tiny_policy_folder
+from grpo_fakes import fake_collect_groups, tiny_config, tiny_policy_folder, worker_weights
 
 HERE = Path(__file__).resolve().parent
 SMALL = ["--dataset", "beauty2023", "--batch-size", "4", "--group-size", "2", "--max-turn-tokens", "8",
@@ -28,18 +27,7 @@ def policy(tmp_path_factory):
 
 
 def test_four_gloo_ranks_equal_one_process(tmp_path):
-    worker = str(HERE / "dist_grpo_worker.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, worker, str(tmp_path / "one.safetensors")], check=True, env=env, timeout=300)
-    for attempt in range(3):  # gloo can abort at exit after success; the worker exits with os._exit to avoid it
-        run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "4",
-                              "--master_port", str(29500 + attempt), worker, str(tmp_path / "four.safetensors")],
-                             env=env, timeout=300, capture_output=True, text=True)
-        if (tmp_path / "four.safetensors").exists():
-            break
-    assert (tmp_path / "four.safetensors").exists(), run.stderr[-2000:]
-    one, four = load_file(tmp_path / "one.safetensors"), load_file(tmp_path / "four.safetensors")
-    assert one.keys() == four.keys()
+    one, four = worker_weights(tmp_path, "grpo", ranks=4)
     torch.manual_seed(0)
     start = Qwen3(tiny_config()).state_dict()
     assert max(float((one[k] - start[k]).abs().max()) for k in one) > 1e-4  # the two updates moved the weights

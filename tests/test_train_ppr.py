@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import train_ppr
-from agenticrec.model import load_pretrained
+from agenticrec.model import Qwen3, load_pretrained
 from agenticrec.ppr import LESS, MORE, random_pairs, read_pairs
-from grpo_fakes import tiny_policy_folder
+from grpo_fakes import tiny_config, tiny_policy_folder, worker_weights
 
 SMALL = ["--dataset", "beauty2023", "--batch-size", "4", "--group-size", "2", "--max-turn-tokens", "8",
          "--max-context", "1500", "--eval-instances", "4", "--tools", "get_user_profile", "--threads", "1",
@@ -108,11 +108,13 @@ def test_replay_batches_depend_on_seed_step_and_rank_only():
     assert train_ppr.replay_batch(pool, 5, train_ppr.Config(replay_coef=0.0), rank0) == []
 
 
-def test_logistic_update_gradient_is_the_prop_4_2_formula(policy):
+@pytest.mark.parametrize("replay_coef", [0.0, 0.5])
+def test_logistic_update_gradient_is_the_prop_4_2_formula(policy, replay_coef):
     """One logistic step's gradient against the loss written out from the pairs: for each pair, with letter(c) the
     option where item c sits, d_MORE = ll(letter(c+) | MORE context) - ll(letter(c-) | MORE context) and
     d_LESS = ll(letter(c-) | LESS context) - ll(letter(c+) | LESS context), where ll is the answer's summed
-    log-likelihood from one full forward; loss = mean over pairs of log(1 + e^-d_MORE) + log(1 + e^-d_LESS)."""
+    log-likelihood from one full forward; loss = mean over pairs of log(1 + e^-d_MORE) + log(1 + e^-d_LESS),
+    plus replay_coef x the mean NLL of the rehearsal trajectories' sampled tokens."""
     from agenticrec.ppr import Pair, answer_text, bidirectional_tasks
     from agenticrec.tokenizer import load_tokenizer
     from test_grpo_update import SINGLE, RecordingSGD
@@ -123,10 +125,12 @@ def test_logistic_update_gradient_is_the_prop_4_2_formula(policy):
     assert {t.candidates[0] == pairs[t.pair_index].positive for t in tasks} == {True, False}  # both layouts
     g = torch.Generator().manual_seed(0)
     contexts = [torch.randint(5, 500, (12 + i,), generator=g).tolist() for i in range(len(tasks))]
-    cfg = train_ppr.Config(temperature=0.8, grad_clip=1e9)
+    replay = [([7, 8, 9, 10, 11], [0, 0, 1, 1, 1]), ([12, 13, 14], [0, 1, 1])]
+    cfg = train_ppr.Config(temperature=0.8, grad_clip=1e9, replay_coef=replay_coef)
     optimizer = RecordingSGD(model.parameters(), lr=1.0)
     start = [p.detach().clone() for p in model.parameters()]
-    train_ppr.logistic_update(model, optimizer, SimpleNamespace(tokenizer=tokenizer), tasks, contexts, [], cfg, SINGLE)
+    train_ppr.logistic_update(model, optimizer, SimpleNamespace(tokenizer=tokenizer), tasks, contexts,
+                              replay if replay_coef else [], cfg, SINGLE)
 
     reference = load_pretrained(policy)
     with torch.no_grad():
@@ -147,9 +151,31 @@ def test_logistic_update_gradient_is_the_prop_4_2_formula(policy):
         d_more = loglik(contexts[2 * i], plus) - loglik(contexts[2 * i], minus)
         d_less = loglik(contexts[2 * i + 1], minus) - loglik(contexts[2 * i + 1], plus)
         total = total + torch.log1p(torch.exp(-d_more)) + torch.log1p(torch.exp(-d_less))
-    expected = torch.autograd.grad(total / len(pairs), list(reference.parameters()))
+    nll = sum(-reference(torch.tensor([ids]))[0, :-1].float().log_softmax(-1)[j - 1, ids[j]]
+              for ids, mask in replay for j in range(1, len(ids)) if mask[j]) / 5  # 5 sampled tokens, T = 1
+    expected = torch.autograd.grad(total / len(pairs) + replay_coef * nll, list(reference.parameters()))
     [grads] = optimizer.grads
     scale = max(float(e.abs().max()) for e in expected)
     assert scale > 1e-4
     for got, want in zip(grads, expected):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-5 * scale)
+
+
+def test_two_gloo_ranks_equal_one_process_for_the_logistic_objective(tmp_path):
+    """Prop 4.2's mean is over the GLOBAL pairs: 2 pairs on each of 2 ranks, under FSDP with SGD, give the weights
+    of one process holding all 4."""
+    one, two = worker_weights(tmp_path, "logistic", ranks=2)
+    torch.manual_seed(0)
+    start = Qwen3(tiny_config()).state_dict()
+    assert max(float((one[k] - start[k]).abs().max()) for k in one) > 1e-4
+    assert max(float((one[k] - two[k]).abs().max()) for k in one) <= 1e-6
+
+
+def test_the_scoring_context_ends_where_the_last_sampled_turn_begins():
+    """The logistic objective scores each answer after the stage-1 context: prompt, tool calls and observations,
+    cut where the final (answer) turn's sampled tokens begin."""
+    #       prompt    call     observation answer
+    mask = [0, 0, 0] + [1, 1] + [0, 0] + [1, 1, 1]
+    assert train_ppr._last_turn_start(mask) == 7
+    assert train_ppr._last_turn_start([0, 0, 1]) == 2 and train_ppr._last_turn_start([0, 0]) == 2
+    assert train_ppr._last_turn_start([1, 1]) == 0

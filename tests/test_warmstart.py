@@ -10,7 +10,7 @@ import pytest
 from agenticrec.agent import AgentConfig, Rollout
 from agenticrec.engine import Engine
 from agenticrec.tools import Toolbox, ordering_of
-from agenticrec.warmstart import EXPERT_TRUST, copy_drill, expert_trajectory
+from agenticrec.warmstart import EXPERT_TRUST, copy_drill, expert_trajectory, sft_loss
 from test_agent import INSTANCE, ScriptedModel
 from test_tools import FakeSASRec, tiny
 
@@ -61,3 +61,21 @@ def test_copy_drill_answers_with_the_top_k_of_its_ordering(tokenizer, seed):
     answer = tokenizer.decode([i for i, m in zip(ids, mask) if m])
     assert answer == f"<think>I follow the last ranking.</think>\n<answer>\\boxed{{{order[:7]}}}</answer><|im_end|>"
     assert mask == sorted(mask)  # observation (mask 0) first, then only the sampled answer turn (mask 1)
+
+
+def test_sft_loss_is_the_mean_nll_of_the_sampled_tokens():
+    """The warm start's and PPR rehearsal's loss: -sum_j mask[j] log pi(ids[j] | ids[:j]) / sum_j mask[j] over
+    the batch (j >= 1), each sequence scored alone without padding."""
+    import torch
+
+    from test_grpo_update import tiny_model
+    model = tiny_model(3)
+    batch = [([5, 6, 7, 8, 9, 10], [0, 0, 1, 1, 0, 1]), ([11, 12, 13], [0, 1, 1])]
+    loss = sft_loss(model, batch, torch.device("cpu"))
+    total, count = 0.0, 0
+    for ids, mask in batch:
+        logp = model(torch.tensor([ids]))[0, :-1].detach().float().log_softmax(-1)
+        for j in range(1, len(ids)):
+            if mask[j]:
+                total, count = total - float(logp[j - 1, ids[j]]), count + 1
+    assert count == 5 and loss.item() == pytest.approx(total / count, rel=1e-5)

@@ -1,0 +1,73 @@
+"""Run two updates on fixed synthetic data, in one process or under torchrun, and save the final full weights
+(rank 0): the tests compare 1 process against gloo ranks.
+
+    python tests/dist_worker.py OUT grpo        # train_grpo.update on 8 groups (whole groups per rank), AdamW
+    python tests/dist_worker.py OUT logistic    # train_ppr.logistic_update on 4 pairs (2 per rank at 2 ranks), SGD
+"""
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import train_grpo  # noqa: E402
+import train_ppr  # noqa: E402
+from agenticrec import distributed as D  # noqa: E402
+from agenticrec.data import Instance  # noqa: E402
+from agenticrec.model import Qwen3  # noqa: E402
+from agenticrec.ppr import Pair, bidirectional_tasks  # noqa: E402
+from grpo_fakes import VOCAB, synthetic_group, tiny_config  # noqa: E402
+
+
+def grpo_steps(model, info) -> None:
+    ref = D.shard(train_grpo._frozen_copy(model), info)
+    model = D.shard(model, info)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    cfg = train_grpo.Config(batch_size=8, group_size=4, kl_coef=0.05, temperature=0.8)
+    for step in range(2):
+        groups = [synthetic_group(Instance(f"u{i}", [1], i, [i]), step, cfg.group_size, i) for i in range(8)]
+        share = cfg.batch_size // info.world  # whole groups per rank, contiguous
+        mine = groups[info.rank * share:(info.rank + 1) * share]
+        train_grpo.update(model, ref, optimizer, mine, [1.0] * len(mine), cfg, info)
+    return model
+
+
+def logistic_steps(model, info):
+    """Plain SGD, which unlike Adam moves by the gradient's scale: the loss must be the GLOBAL mean over pairs. (The
+    shares are equal: under FSDP every forward is a collective, so every rank scores the same number of tasks.)"""
+    model = D.shard(model, info)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    pairs = [Pair("u", (1,), 1, positive=10 + i, negative=100 + i, negative_rank=1, target_rank=2, pool_size=1)
+             for i in range(4)]
+    tasks = bidirectional_tasks(pairs, seed=0)
+    g = torch.Generator().manual_seed(0)
+    contexts = [torch.randint(5, VOCAB, (10 + i,), generator=g).tolist() for i in range(len(tasks))]
+    share = len(pairs) // info.world
+    mine = range(info.rank * share, (info.rank + 1) * share)
+    tasks, contexts = ([seq[2 * i + d] for i in mine for d in (0, 1)] for seq in (tasks, contexts))
+    letters = SimpleNamespace(tokenizer=SimpleNamespace(encode=lambda text, add_special_tokens: [
+        3 + ord(c) % (VOCAB - 3) for c in text]))  # any fixed encoding of the two answers will do
+    cfg = train_ppr.Config(temperature=0.8, grad_clip=1e9)
+    for _ in range(2):
+        train_ppr.logistic_update(model, optimizer, letters, tasks, contexts, [], cfg, info)
+    return model
+
+
+def main(out: str, objective: str) -> None:
+    torch.set_num_threads(1)
+    info = D.init_distributed("cpu")
+    torch.manual_seed(0)
+    model = {"grpo": grpo_steps, "logistic": logistic_steps}[objective](Qwen3(tiny_config()), info)
+    state = D.full_state_dict(model, info, cpu=True)
+    if info.is_main:
+        save_file({k: v.contiguous() for k, v in state.items() if k != "lm_head.weight"}, out)
+    D.shutdown(info)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
