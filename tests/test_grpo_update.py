@@ -126,6 +126,7 @@ def config(**overrides) -> train_grpo.Config:
 
 
 def assert_same(grads, expected):
+    """Each parameter's gradient equals the expected one to 1e-5 of the largest expected entry (float32 model)."""
     scale = max(float(e.abs().max()) for e in expected)
     assert scale > 1e-4  # the test has a gradient to compare
     for got, want in zip(grads, expected):
