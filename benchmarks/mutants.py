@@ -104,6 +104,8 @@ MUTANTS = [
            "drops every group with one negative reward"),
     Mutant("keep_nonpositive", GRPO, "keep &= ~(rewards < 0).all(dim=-1)", "keep &= ~(rewards <= 0).all(dim=-1)",
            "drops all-zero groups as if negative"),
+    Mutant("keep_negative_ignored", GRPO, "    if drop_all_negative:\n", "    if False:\n",
+           "the paper's all-negative rule ignored"),
     Mutant("keep_equal_ignored", GRPO, "    if drop_all_equal:\n", "    if False:\n",
            "drop_all_equal ignored (PPR's default)"),
     Mutant("keep_equal_first_row", GRPO, "(rewards == rewards[:, :1]).all(dim=-1)",

@@ -308,3 +308,68 @@ def test_keep_group_by_hand():
     assert keep_group(rewards, drop_all_negative=False, drop_all_equal=True).tolist() == [True, False, False, True,
                                                                                           False]
     assert keep_group(rewards, drop_all_negative=False).tolist() == [True] * 5
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What dynamic sampling and token-mean aggregation do to Prop 4.1 (exact enumeration; docs/grpo.md)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def kept_estimator(logp_outcomes, rewards, lengths, G, theta, drop_all_negative, drop_all_equal, token_mean):
+    """E[(1/G) sum_g A_g w_g grad log pi(y_g) | the group is kept] by enumerating all G-tuples: dynamic sampling
+    refills dropped groups, so a trained group is a draw conditioned on ``keep_group``. token_mean weighs each
+    rollout by G / (the group's total sampled tokens) instead of 1 (sequences of ``lengths`` tokens)."""
+    M = len(rewards)
+    tuples = torch.tensor(list(itertools.product(range(M), repeat=G)))
+    probs = logp_outcomes.detach().exp()[tuples].prod(dim=1)
+    group_rewards = rewards[tuples]
+    keep = keep_group(group_rewards, drop_all_negative, drop_all_equal).to(F64)
+    weights = G / lengths[tuples].sum(dim=1, keepdim=True) if token_mean else torch.ones(1, dtype=F64)
+    advantages = group_advantages(group_rewards, "mean") * weights
+    surrogate = (keep[:, None] * probs[:, None] * advantages * logp_outcomes[tuples]).sum() / G
+    return torch.autograd.grad(surrogate, theta, retain_graph=True)[0] / (keep * probs).sum()
+
+
+def cosine(a, b):
+    return float(torch.dot(a, b) / (a.norm() * b.norm()))
+
+
+POLICY_CASE = dict(theta=[0.3, -0.2, 0.5, 0.1], rewards=[0.9, 0.2, -0.5, -1.0], lengths=[3.0, 9.0, 5.0, 2.0])
+
+
+def policy_case():
+    theta = torch.tensor(POLICY_CASE["theta"], dtype=F64, requires_grad=True)
+    return theta, theta.log_softmax(0), *(torch.tensor(POLICY_CASE[k], dtype=F64) for k in ("rewards", "lengths"))
+
+
+@pytest.mark.parametrize("G", [2, 3])
+def test_dropping_equal_reward_groups_only_rescales_the_gradient(G):
+    """Groups with equal rewards have zero advantages: dropping them changes the length of E[g], not its direction
+    (E[g | kept] = (G - 1) / G * grad J / P(kept))."""
+    theta, logp, rewards, lengths = policy_case()
+    truth = exact_gradient(logp, rewards, theta)
+    est = kept_estimator(logp, rewards, lengths, G, theta, False, True, token_mean=False)
+    assert cosine(est, truth) == pytest.approx(1.0, abs=1e-12)
+    p_kept = 1 - float((logp.detach().exp() ** G).sum())  # rewards are distinct: equal <=> the same outcome G times
+    assert torch.allclose(est, (G - 1) / G * truth / p_kept, atol=1e-12)
+
+
+@pytest.mark.parametrize("G", [2, 3])
+def test_dropping_all_negative_groups_biases_the_direction(G):
+    """An all-negative group with unequal rewards (-0.5, -1) has nonzero advantages: dropping it (the paper's
+    dynamic sampling, on by default) removes part of the signal, and E[g | kept] is no longer parallel to grad J."""
+    theta, logp, rewards, lengths = policy_case()
+    truth = exact_gradient(logp, rewards, theta)
+    est = kept_estimator(logp, rewards, lengths, G, theta, True, False, token_mean=False)
+    assert cosine(est, truth) < 1 - 1e-3
+    assert cosine(est, truth) > 0.9  # still an ascent direction here
+
+
+def test_token_mean_aggregation_biases_the_direction():
+    """token_mean divides by the batch's sampled-token count, which depends on the samples: long rollouts weigh
+    less per sequence, and E[g] leaves the direction of grad J (sequence weights 1 keep Prop 4.1 exact)."""
+    theta, logp, rewards, lengths = policy_case()
+    truth = exact_gradient(logp, rewards, theta)
+    plain = kept_estimator(logp, rewards, lengths, 2, theta, False, False, token_mean=False)
+    assert torch.allclose(plain, 0.5 * truth, atol=1e-12)
+    assert cosine(kept_estimator(logp, rewards, lengths, 2, theta, False, False, token_mean=True), truth) < 1 - 1e-3

@@ -37,6 +37,17 @@ def test_prop_4_2_bounds_the_pairwise_error(ds):
     assert same_score_loss(ds) >= 2 * math.log(2) * (ds < 0) - 1e-12
 
 
+@given(finite, finite)
+def test_per_direction_bound_without_a_shared_score(d_more, d_less):
+    """Without s_LESS = -s the margins are free, and each direction's term is >= log 2 exactly when its A / B
+    judgement is wrong: L >= log 2 * (number of wrong judgements of the pair), the bound Prop 4.2 gives per task."""
+    loss, metrics = bidirectional_loss(torch.tensor([d_more], dtype=torch.float64),
+                                       torch.tensor([d_less], dtype=torch.float64))
+    wrong = (d_more <= 0) + (d_less <= 0)
+    assert loss.item() >= math.log(2) * wrong - 1e-12
+    assert metrics["accuracy"] == 1 - wrong / 2
+
+
 @given(finite, st.floats(1e-3, 1.0))
 def test_prop_4_2_is_convex(ds, h):
     assert same_score_loss(ds - h) + same_score_loss(ds + h) - 2 * same_score_loss(ds) >= -1e-12
