@@ -15,22 +15,32 @@ from agenticrec.reward import reward
 F64 = torch.float64  # every tensor here is float64: the checks are exact
 
 
-def expected_estimator(logp_outcomes: torch.Tensor, rewards: torch.Tensor, G: int, kind: str, theta) -> torch.Tensor:
-    """E over all G-tuples of outcomes of (1/G) sum_g A_g grad log pi(y_g), by enumeration.
+def expected_estimator(logp_outcomes: torch.Tensor, rewards: torch.Tensor, G: int, kind: str, theta,
+                       drop_all_negative: bool = False, drop_all_equal: bool = False,
+                       lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """E over all G-tuples of outcomes of (1/G) sum_g A_g w_g grad log pi(y_g), by enumeration, conditioned on the
+    group being kept by ``keep_group`` (dynamic sampling refills dropped groups, so a trained group is such a draw).
 
-    logp_outcomes [M] (differentiable in theta), rewards [M]. The estimator is linear in grad log pi, so its
-    expectation is the gradient of sum_tuples P(tuple) (1/G) sum_g A_g log pi(y_g) with P and A held fixed.
+    logp_outcomes [M] (differentiable in theta), rewards [M]. w_g = 1, or with ``lengths`` [M] (token_mean) G / the
+    group's total sampled tokens. The estimator is linear in grad log pi, so its expectation is the gradient of
+    sum_tuples P(tuple) (1/G) sum_g A_g w_g log pi(y_g) with P, A and w held fixed, divided by P(kept).
     """
     M = len(rewards)
     tuples = torch.tensor(list(itertools.product(range(M), repeat=G)))  # [M^G, G]
     probs = logp_outcomes.detach().exp()[tuples].prod(dim=1)  # [M^G]
-    advantages = group_advantages(rewards[tuples], kind)  # our implementation, one row per tuple
-    surrogate = (probs[:, None] * advantages * logp_outcomes[tuples]).sum() / G
-    return torch.autograd.grad(surrogate, theta, retain_graph=True)[0]
+    keep = keep_group(rewards[tuples], drop_all_negative, drop_all_equal).to(F64)
+    weights = torch.ones(1, dtype=F64) if lengths is None else G / lengths[tuples].sum(dim=1, keepdim=True)
+    advantages = group_advantages(rewards[tuples], kind) * weights  # our implementation, one row per tuple
+    surrogate = (keep[:, None] * probs[:, None] * advantages * logp_outcomes[tuples]).sum() / G
+    return torch.autograd.grad(surrogate, theta, retain_graph=True)[0] / (keep * probs).sum()
 
 
 def exact_gradient(logp_outcomes, rewards, theta) -> torch.Tensor:
     return torch.autograd.grad((logp_outcomes.exp() * rewards).sum(), theta, retain_graph=True)[0]
+
+
+def cosine(a, b):
+    return float(torch.dot(a, b) / (a.norm() * b.norm()))
 
 
 @settings(max_examples=30, deadline=None)
@@ -53,8 +63,7 @@ def test_std_normalised_advantages_are_not_proportional_to_the_gradient():
         logp = theta.log_softmax(0)
         est = expected_estimator(logp, rewards, 3, "std", theta)
         truth = exact_gradient(logp, rewards, theta)
-        cosine = torch.dot(est, truth) / (est.norm() * truth.norm())
-        if cosine < 1 - 1e-4:
+        if cosine(est, truth) < 1 - 1e-4:
             return  # a counterexample: biased, and not even parallel
     pytest.fail("no counterexample found")
 
@@ -315,25 +324,6 @@ def test_keep_group_by_hand():
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def kept_estimator(logp_outcomes, rewards, lengths, G, theta, drop_all_negative, drop_all_equal, token_mean):
-    """E[(1/G) sum_g A_g w_g grad log pi(y_g) | the group is kept] by enumerating all G-tuples: dynamic sampling
-    refills dropped groups, so a trained group is a draw conditioned on ``keep_group``. token_mean weighs each
-    rollout by G / (the group's total sampled tokens) instead of 1 (sequences of ``lengths`` tokens)."""
-    M = len(rewards)
-    tuples = torch.tensor(list(itertools.product(range(M), repeat=G)))
-    probs = logp_outcomes.detach().exp()[tuples].prod(dim=1)
-    group_rewards = rewards[tuples]
-    keep = keep_group(group_rewards, drop_all_negative, drop_all_equal).to(F64)
-    weights = G / lengths[tuples].sum(dim=1, keepdim=True) if token_mean else torch.ones(1, dtype=F64)
-    advantages = group_advantages(group_rewards, "mean") * weights
-    surrogate = (keep[:, None] * probs[:, None] * advantages * logp_outcomes[tuples]).sum() / G
-    return torch.autograd.grad(surrogate, theta, retain_graph=True)[0] / (keep * probs).sum()
-
-
-def cosine(a, b):
-    return float(torch.dot(a, b) / (a.norm() * b.norm()))
-
-
 POLICY_CASE = dict(theta=[0.3, -0.2, 0.5, 0.1], rewards=[0.9, 0.2, -0.5, -1.0], lengths=[3.0, 9.0, 5.0, 2.0])
 
 
@@ -348,7 +338,7 @@ def test_dropping_equal_reward_groups_only_rescales_the_gradient(G):
     (E[g | kept] = (G - 1) / G * grad J / P(kept))."""
     theta, logp, rewards, lengths = policy_case()
     truth = exact_gradient(logp, rewards, theta)
-    est = kept_estimator(logp, rewards, lengths, G, theta, False, True, token_mean=False)
+    est = expected_estimator(logp, rewards, G, "mean", theta, drop_all_equal=True)
     assert cosine(est, truth) == pytest.approx(1.0, abs=1e-12)
     p_kept = 1 - float((logp.detach().exp() ** G).sum())  # rewards are distinct: equal <=> the same outcome G times
     assert torch.allclose(est, (G - 1) / G * truth / p_kept, atol=1e-12)
@@ -360,7 +350,7 @@ def test_dropping_all_negative_groups_biases_the_direction(G):
     dynamic sampling, on by default) removes part of the signal, and E[g | kept] is no longer parallel to grad J."""
     theta, logp, rewards, lengths = policy_case()
     truth = exact_gradient(logp, rewards, theta)
-    est = kept_estimator(logp, rewards, lengths, G, theta, True, False, token_mean=False)
+    est = expected_estimator(logp, rewards, G, "mean", theta, drop_all_negative=True)
     assert cosine(est, truth) < 1 - 1e-3
     assert cosine(est, truth) > 0.9  # still an ascent direction here
 
@@ -370,6 +360,6 @@ def test_token_mean_aggregation_biases_the_direction():
     less per sequence, and E[g] leaves the direction of grad J (sequence weights 1 keep Prop 4.1 exact)."""
     theta, logp, rewards, lengths = policy_case()
     truth = exact_gradient(logp, rewards, theta)
-    plain = kept_estimator(logp, rewards, lengths, 2, theta, False, False, token_mean=False)
+    plain = expected_estimator(logp, rewards, 2, "mean", theta)
     assert torch.allclose(plain, 0.5 * truth, atol=1e-12)
-    assert cosine(kept_estimator(logp, rewards, lengths, 2, theta, False, False, token_mean=True), truth) < 1 - 1e-3
+    assert cosine(expected_estimator(logp, rewards, 2, "mean", theta, lengths=lengths), truth) < 1 - 1e-3
