@@ -7,9 +7,10 @@ tool use, tokens and latency (docs/evaluation.md).
     python evaluate.py --checkpoint runs/grpo/final --table scaling --limit 500    # N = 20, 50, 100 (+ two-stage)
     python evaluate.py --checkpoint runs/grpo/final --limit 20 --show 2 --html out.html
 
-Conventions: the agent decodes greedily, one engine call per --chunk instances; a preset checkpoint (train_grpo's
-marker file) brings its own agent settings (tools, budgets, title length, context), which flags override; the
-"frozen" policy is the untrained start (a preset run's warm start, or --frozen DIR). Every metric is a mean over
+Conventions: the agent decodes greedily, one engine call per --chunk instances; a checkpoint's train_config.json
+(written by train_grpo.py / train_ppr.py) supplies the agent settings it was trained with (tools, budgets, context)
+and its preset layer, if any, which flags override and the log lists; the "frozen" policy is the untrained start
+(--frozen DIR; for a preset checkpoint its warm start). Every metric is a mean over
 instances with a 95% percentile bootstrap CI (10,000 resamples).
 """
 
@@ -22,62 +23,69 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 from tqdm.auto import tqdm
 
-import train_grpo as G
-from agenticrec.agent import AgentConfig, Rollout
+from agenticrec import preset
+from agenticrec.agent import Rollout
 from agenticrec.baselines import cooccurrence_scorer, popularity_scorer, random_scorer
+from agenticrec.checkpoint import read_train_config
+from agenticrec.cli import option, parse_flags
 from agenticrec.data import build_instances, instances_path, load_dataset, load_instances
 from agenticrec.engine import Engine
 from agenticrec.evaluation import (agent_statistics, agent_table, metric_cis, quality_table, render_html,
                                    render_text, run_agent, scorer_ranks, shortlist, shortlist_recall)
 from agenticrec.model import load_pretrained
+from agenticrec.profiles import load_profiles
 from agenticrec.sasrec import score_candidates
 from agenticrec.tokenizer import load_tokenizer
-from agenticrec.tools import Toolbox
+from agenticrec.trainer import agent_config, make_toolbox
 
 log = logging.getLogger("evaluate")
 TABLES = ("main", "ablation", "tools", "scaling")
-AGENT_SETTINGS = ("tool_set", "max_tool_calls", "max_turn_tokens", "max_context", "max_title_chars")
+AGENT_SETTINGS = ("tools", "max_tool_calls", "max_turn_tokens", "max_context")  # also train_config.json's names
 
 
 @dataclass
 class Config:
-    checkpoint: str = ""  # a model folder with its tokenizer (train_grpo / train_ppr out/final); empty: baselines only
-    dataset: str = "games"  # a dataset under data/
-    split: str = "test"  # test | valid | train
-    candidates: int = 20  # N candidates per instance; N != 20 is built with the same protocol (seeded)
-    limit: int = 0  # evaluate the first N instances (0 = all)
-    table: str = "main"  # main | ablation (frozen/trained x tools) | tools (each disabled) | scaling (N sizes)
-    tools: bool = True  # --no-tools: reasoning only (no tool schemas; a tool call is invalid)
-    disable_tool: str = ""  # comma-separated tools to leave out of the agent's toolbox
-    baselines: bool = False  # add random, popularity, co-occurrence, SASRec and the frozen policy with / without tools
-    frozen: str = ""  # the untrained policy's folder; default for a preset checkpoint: its run's warm start
-    scaling: str = "20,50,100"  # candidate-set sizes of --table scaling
-    shortlist: int = 20  # two-stage mode for N > this: SASRec keeps this many candidates, the agent ranks them
-    tool_set: str = ""  # tools the agent may call ("all", a comma list); default: the checkpoint's preset, else all
-    max_tool_calls: int = 0  # T_max (0 = the checkpoint's preset, else 10)
-    max_turn_tokens: int = 0  # tokens per turn (0 = the checkpoint's preset, else 512)
-    max_context: int = 0  # tokens per trajectory (0 = the checkpoint's preset, else 6144)
-    max_title_chars: int = -1  # shorten titles (-1 = the checkpoint's preset, else no limit; 0 = no limit)
-    chunk: int = 250  # instances per engine call (bounds the KV cache)
-    show: int = 0  # print this many complete trajectories of the first agent row
-    html: str = ""  # write those trajectories (at least 10) as one self-contained HTML page here
-    json: str = ""  # write every number here
-    plots: str = ""  # write PNG plots here (needs matplotlib: pip install -e .[plots])
-    metrics: str = ""  # a training run's metrics.jsonl, for the training-curve plot
-    threads: int = 2  # torch threads
-    seed: int = 0  # bootstrap and shortlist shuffling seed
+    checkpoint: str = option(
+        "", "a model folder with its tokenizer (train_grpo / train_ppr out/final); empty: baselines only")
+    dataset: str = option("games", "a dataset under data/")
+    split: str = option("test", "test | valid | train")
+    candidates: int = option(20, "N candidates per instance; N != 20 is built with the same protocol (seeded)")
+    limit: int = option(0, "evaluate the first N instances (0 = all)")
+    table: str = option("main", "main | ablation (frozen/trained x tools) | tools (each disabled) | scaling (N sizes)")
+    disable_tool: str = option("", "comma-separated tools to leave out of the agent's toolbox")
+    baselines: bool = option(
+        False, "add random, popularity, co-occurrence, SASRec and the frozen policy with / without tools")
+    frozen: str = option("", "the untrained policy's folder; default for a preset checkpoint: its warm start")
+    scaling: str = option("20,50,100", "candidate-set sizes of --table scaling")
+    shortlist: int = option(20, "two-stage mode for N > this: SASRec keeps this many candidates, the agent ranks them")
+    tools: str = option("all", 'tools the agent may call: "all", a comma list, or "none" (reasoning only)')
+    max_tool_calls: int = option(10, "T_max")
+    max_turn_tokens: int = option(512, "tokens per turn")
+    max_context: int = option(6144, "tokens per trajectory")
+    profiles: str = option("", "the LLM profile cache get_user_profile serves; default: the checkpoint's run's")
+    chunk: int = option(250, "instances per engine call (bounds the KV cache)")
+    show: int = option(0, "print this many complete trajectories of the first agent row")
+    html: str = option("", "write those trajectories (at least 10) as one self-contained HTML page here")
+    json: str = option("", "write every number here")
+    plots: str = option("", "write PNG plots here (needs matplotlib: pip install -e .[plots])")
+    metrics: str = option("", "a training run's metrics.jsonl, for the training-curve plot")
+    threads: int = option(2, "torch threads")
+    seed: int = option(0, "bootstrap and shortlist shuffling seed")
 
 
-DEFAULT_AGENT = dict(tool_set="all", max_tool_calls=10, max_turn_tokens=512, max_context=6144, max_title_chars=0)
-
-
-def parse_args(argv=None) -> Config:
-    cfg = Config(**G.parse_flags(Config, Path(__file__), __doc__, argv))
+def parse_args(argv=None) -> tuple[Config, dict | None]:
+    """(Config, the checkpoint's preset layer or None). The agent settings and --profiles default to those in the
+    checkpoint's train_config.json, the frozen policy of a preset checkpoint to its warm start; flags override."""
+    given = parse_flags(Config, __doc__.splitlines()[0], argv)
+    saved = read_train_config(given["checkpoint"]) if given.get("checkpoint") else None
+    taken = _from_checkpoint(saved, given)
+    if taken:
+        print(f"settings from {given['checkpoint']}/train_config.json: {taken}", flush=True)
+    cfg = Config(**{**taken, **given})
     if cfg.table not in TABLES:
         raise SystemExit(f"error: --table must be one of {', '.join(TABLES)}, got {cfg.table!r}")
     if cfg.split not in ("train", "valid", "test"):
@@ -86,23 +94,22 @@ def parse_args(argv=None) -> Config:
         raise SystemExit(f"error: --table {cfg.table} evaluates a checkpoint: give --checkpoint DIR")
     if cfg.checkpoint and not (Path(cfg.checkpoint) / "config.json").is_file():
         raise SystemExit(f"error: --checkpoint {cfg.checkpoint} is not a model folder (no config.json)")
-    return _with_agent_settings(cfg)
+    return cfg, (saved or {}).get("preset")
 
 
-def _with_agent_settings(cfg: Config) -> Config:
-    """Unset agent settings come from the checkpoint's preset marker (the settings it was trained with), else the
-    paper's defaults. The frozen policy of a preset run is its warm start."""
-    marker = Path(cfg.checkpoint) / G.PRESET_MARKER if cfg.checkpoint else None
-    trained = json.loads(marker.read_text()) if marker is not None and marker.is_file() else {}
-    fill = {}
-    for name in AGENT_SETTINGS:
-        if getattr(cfg, name) == getattr(Config, name):  # the field's default means "not given"
-            fill[name] = trained.get("tools" if name == "tool_set" else name, DEFAULT_AGENT[name])
-    if not cfg.frozen and trained:  # the run folder holds out/final and out/preset/warm_start
-        runs = [Path(cfg.checkpoint).parent, Path(trained.get("out", ""))]
-        fill["frozen"] = next((str(r / "preset" / "warm_start") for r in runs
-                               if (r / "preset" / "warm_start" / "config.json").is_file()), "")
-    return dataclasses.replace(cfg, **fill)
+def _from_checkpoint(saved: dict | None, given: dict) -> dict:
+    """The settings not given on the command line that the checkpoint's train_config.json supplies."""
+    if saved is None:
+        return {}
+    taken = {k: saved["config"][k] for k in AGENT_SETTINGS if k in saved["config"]}
+    if saved.get("profiles"):
+        taken["profiles"] = saved["profiles"]
+    layer = saved.get("preset")
+    if layer is not None:  # the warm start, recorded where the run wrote it, or beside the checkpoint's run folder
+        beside = Path(given["checkpoint"]).parent / "preset" / "warm_start"
+        recorded = Path(layer["warm_start"])
+        taken["frozen"] = str(recorded if (recorded / "config.json").is_file() else beside)
+    return {k: v for k, v in taken.items() if k not in given}
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -126,15 +133,20 @@ class Systems:
     """Loads each model once and runs the agent or a baseline on instances, returning a table row:
     {"metrics": {metric: CI}, "agent": statistics (agents only)}; the first agent row's trajectories are kept."""
 
-    def __init__(self, cfg: Config, data):
-        self.cfg, self.data = cfg, data
+    def __init__(self, cfg: Config, data, layer: dict | None):
+        self.cfg, self.data, self.prompt_data = cfg, data, preset.prompt_data(data, layer)
+        toolbox_class = preset.toolbox_class(layer)
         if data.meta.get("evaluation_only"):  # no valid split to early-stop SASRec on: no collaborative tools
             log.warning("%s is evaluation-only: SASRec, its baseline and the collaborative tools are left out",
                         data.name)
-            enabled = None if cfg.tool_set in ("", "all") else tuple(cfg.tool_set.split(","))
-            self.toolbox = Toolbox(data, None, enabled=enabled)
+            enabled = None if cfg.tools in ("all", "none") else tuple(cfg.tools.split(","))
+            self.toolbox = toolbox_class(data, None, enabled=enabled)
         else:
-            self.toolbox = G.make_toolbox(SimpleNamespace(tools=cfg.tool_set or "all"), data)
+            self.toolbox = make_toolbox(data, cfg.tools, toolbox_class)
+        if cfg.profiles and cfg.profiles != "none":
+            self.toolbox.profiles = load_profiles(cfg.profiles)
+            log.info("get_user_profile: %d LLM profiles from %s (others: statistics)", len(self.toolbox.profiles),
+                     cfg.profiles)
         self.models: dict[str, tuple] = {}
         self.trajectories: dict[str, list] = {}
 
@@ -156,10 +168,8 @@ class Systems:
         if unknown:
             raise SystemExit(f"error: --disable-tool names tools the agent does not have: {sorted(unknown)}")
         cfg = self.cfg
-        agent_cfg = AgentConfig(max_tool_calls=cfg.max_tool_calls, max_turn_tokens=cfg.max_turn_tokens,
-                                max_context=cfg.max_context, use_tools=use_tools,
-                                max_title_chars=cfg.max_title_chars or None, temperature=0.0)
-        rollout = Rollout(Engine(model, cfg.max_context), tokenizer, self.data, toolbox, agent_cfg)
+        agent_cfg = dataclasses.replace(agent_config(cfg, temperature=0.0), use_tools=use_tools)
+        rollout = Rollout(Engine(model, cfg.max_context), tokenizer, self.prompt_data, toolbox, agent_cfg)
         with tqdm(total=len(instances), desc=name, unit="request") as bar:
             trajectories, wall = run_agent(rollout, instances, cfg.chunk, bar.update)
         if not self.trajectories:  # --show / --html render the first agent row; the others are not kept
@@ -192,8 +202,9 @@ def main_table(cfg: Config, systems: Systems, instances) -> dict:
     rows = {}
     if cfg.checkpoint:
         disabled = tuple(n for n in cfg.disable_tool.split(",") if n)
-        label = "agent" + ("" if cfg.tools else ", no tools") + "".join(f", without {n}" for n in disabled)
-        rows[label] = systems.agent(label, cfg.checkpoint, instances, cfg.tools, disabled)
+        use_tools = cfg.tools != "none"
+        label = "agent" + ("" if use_tools else ", no tools") + "".join(f", without {n}" for n in disabled)
+        rows[label] = systems.agent(label, cfg.checkpoint, instances, use_tools, disabled)
     if cfg.baselines:
         rows.update(systems.baselines(instances))
         if cfg.frozen:
@@ -261,12 +272,14 @@ def scaling_markdown(rows: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    cfg = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    cfg, layer = parse_args(argv)
     torch.set_num_threads(cfg.threads)
     start = time.perf_counter()
     data = load_dataset(cfg.dataset)
-    systems = Systems(cfg, data)
+    systems = Systems(cfg, data, layer)
+    if layer is not None:
+        log.info("CPU preset checkpoint: %s", preset.describe(layer))
     instances = eval_instances(cfg, data, cfg.candidates)
     if cfg.table == "scaling":
         rows = scaling_table(cfg, systems, data)
@@ -280,7 +293,7 @@ def main(argv=None) -> dict:
         if any("agent" in row for row in rows.values()):
             text += "\n\n" + agent_table(rows)
     header = (f"{cfg.dataset}, {cfg.split} split, {cfg.candidates if cfg.table != 'scaling' else cfg.scaling} "
-              f"candidates, {len(instances)} instances; 95% bootstrap CIs; agent settings: tools {cfg.tool_set}, "
+              f"candidates, {len(instances)} instances; 95% bootstrap CIs; agent settings: tools {cfg.tools}, "
               f"T_max {cfg.max_tool_calls}, context {cfg.max_context}")
     print(header + "\n\n" + text, flush=True)
     show_trajectories(cfg, systems, data)

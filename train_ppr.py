@@ -6,20 +6,22 @@
 How this differs from the paper's description (docs/ppr.md has the math):
 1. Mining, tasks and the ``grpo`` objective follow the paper: the stage-1 policy on TRAIN instances (greedy by
    default), one uniform hard negative per violation, MORE and LESS tasks per pair with c+ at A for half of the
-   pairs, reward 1 / 0 (invalid -1 as in stage 1), and the stage-1 trainer (train_grpo.update) unchanged.
+   pairs, reward 1 / 0 (invalid -1 as in stage 1), and the stage-1 update (agenticrec.trainer.update) unchanged.
 2. Dynamic sampling drops groups with equal rewards by default: with 0 / 1 rewards an all-correct or all-wrong group
    has no signal (stage 1 drops only all-negative groups).
 3. ``--objective logistic`` trains Proposition 4.2's loss directly: the margin is the log-likelihood of answering
    c+ minus that of c- (MORE), and of c- minus c+ (LESS), in the context the stage-1 policy builds for the task (its
    greedy tool calls and observations, up to where its answer begins).
 4. Ablations the paper lacks: ``--unidirectional`` (MORE only) and ``--random-negatives``. Options of the logistic
-   objective (the CPU preset's, off by default): ``--train-context-tokens`` (train on each context's tail) and
+   objective (the CPU preset's, agenticrec.preset.PPR; off by default): ``--train-context-tokens`` (train on each context's tail) and
    ``--replay-coef`` (rehearsal: an NLL on the stage-1 policy's own ranking trajectories, which the logistic
    objective needs in place of a KL term).
 5. Pairwise accuracy on valid pairs mined the same way, before and after, two ways: the greedy agent's answer
    (with tools) and the likelihood margin; the likelihood accuracy on random-negative valid pairs (a control for
    the selection effect of mining); and the ranking task's H@1 on valid instances, each with a paired bootstrap
    CI (out/report.json).
+6. The agent settings (tools, budgets, context) and the preset layer, if any, come from the stage-1 checkpoint's
+   train_config.json unless given; every value taken from it is logged.
 """
 
 from __future__ import annotations
@@ -38,16 +40,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-import train_grpo as G
 from agenticrec import distributed as D
+from agenticrec import preset
 from agenticrec.agent import Rollout
+from agenticrec.checkpoint import export, load_checkpoint, read_train_config, save_checkpoint, train_config
+from agenticrec.cli import option, parse_flags
 from agenticrec.data import load_dataset, load_instances
 from agenticrec.engine import Engine
-from agenticrec.model import load_pretrained
 from agenticrec.ppr import (answer_text, bidirectional_loss, bidirectional_tasks, choice_margins, mine_pairs,
                             random_pairs, read_pairs, write_pairs)
+from agenticrec.profiles import load_profiles
 from agenticrec.stats import paired_bootstrap
-from agenticrec.tokenizer import load_tokenizer
+from agenticrec.trainer import (DataStream, MetricsLog, Objective, Sampling, agent_config, collect_groups, evaluate,
+                                frozen_copy, greedy_rollout, greedy_run, group_stats, load_policy, make_toolbox,
+                                start_run, summarize, update, update_metrics, warmup_schedule)
 from agenticrec.warmstart import sft_loss
 
 log = logging.getLogger("train_ppr")
@@ -55,72 +61,69 @@ log = logging.getLogger("train_ppr")
 
 @dataclass
 class Config:
-    model: str = "runs/grpo/final"  # the stage-1 checkpoint: a Hugging Face folder with its tokenizer
-    dataset: str = "games"  # a dataset under data/
-    out: str = "runs/ppr"  # output folder: pairs, metrics.jsonl, checkpoints/, final/
-    objective: str = "grpo"  # grpo (the paper) | logistic (Proposition 4.2's loss on answer likelihoods)
-    unidirectional: bool = False  # MORE tasks only (ablation)
-    random_negatives: bool = False  # c- uniform over the other candidates instead of mined (ablation)
-    mine_instances: int = 0  # train instances to mine (0 = all)
-    mine_sampled: bool = False  # mine with rollouts sampled at --temperature (default: greedy)
-    pairs_from: str = ""  # reuse the pairs an earlier run mined (its out folder): ablations on the same pairs
-    valid_mine_instances: int = 1000  # valid instances mined for the pairwise-accuracy evaluation
-    train_context_tokens: int = 0  # logistic: train on the last N tokens of each context (0 = all); see PRESET
-    replay_coef: float = 0.0  # logistic: weight of the rehearsal NLL on stage-1 ranking trajectories (0 = off)
-    replay_instances: int = 512  # train instances whose stage-1 greedy trajectories are the rehearsal data
-    replay_batch: int = 4  # rehearsal trajectories per step and rank
-    epochs: float = 1.0  # passes over the training tasks (ignored when --steps > 0)
-    steps: int = 0  # optimiser steps; 0 = derived from --epochs
-    batch_size: int = 64  # tasks per step, over all ranks
-    group_size: int = 8  # rollouts per task (G), grpo objective
-    lr: float = 1e-6  # AdamW learning rate (after warm-up)
-    warmup_steps: int = 10  # linear learning-rate warm-up
-    weight_decay: float = 0.0  # AdamW weight decay
-    grad_clip: float = 1.0  # gradient-norm clipping
-    temperature: float = 0.6  # sampling temperature; training log-probs use the same
-    max_tool_calls: int = 10  # T_max, as in stage 1
-    max_turn_tokens: int = 512  # sampled tokens per turn
-    max_context: int = 6144  # tokens per trajectory
-    max_title_chars: int = 0  # shorten titles in prompts (0 = no limit)
-    tools: str = "all"  # comma-separated tool names, "all", or "none"
-    kl_coef: float = 1e-3  # beta; 0 loads no reference model (grpo objective)
-    kl_estimator: str = "k3"  # k1 | k2 | k3
-    clip_eps: float = 0.2  # PPO clip epsilon
-    advantage: str = "mean"  # mean (paper) | std | rloo
-    aggregation: str = "token_mean"  # token_mean | sequence_mean
-    mu: int = 1  # optimiser updates per rollout batch
-    drop_all_negative: bool = True  # dynamic sampling: drop groups whose rewards are all negative
-    drop_all_equal: bool = True  # and groups with equal rewards (no signal with 0 / 1 rewards)
-    refill_rounds: int = 3  # extra rollout rounds to refill dropped groups
-    rollout_groups: int = 0  # groups per engine call; 0 = all at once
-    eval_instances: int = 1000  # valid instances for the ranking H@1 before / after
-    eval_chunk: int = 250  # instances per engine call in evaluation
-    checkpoint_every: int = 50  # steps between checkpoints
-    resume: bool = False  # continue from out/checkpoints/latest
-    dtype: str = "float32"  # float32 | bfloat16
-    threads: int = 2  # torch threads per process
-    seed: int = 0  # all randomness derives from (seed, step, rank)
-    stop_after: int = 0  # stop after this many steps of this run (tests of resume); 0 = no stop
+    model: str = option("runs/grpo/final", "the stage-1 checkpoint: a Hugging Face folder with its tokenizer")
+    dataset: str = option("games", "a dataset under data/")
+    out: str = option("runs/ppr", "output folder: pairs, metrics.jsonl, checkpoints/, final/")
+    objective: str = option("grpo", "grpo (the paper) | logistic (Proposition 4.2's loss on answer likelihoods)")
+    unidirectional: bool = option(False, "MORE tasks only (ablation)")
+    random_negatives: bool = option(False, "c- uniform over the other candidates instead of mined (ablation)")
+    mine_instances: int = option(0, "train instances to mine (0 = all)")
+    mine_sampled: bool = option(False, "mine with rollouts sampled at --temperature (default: greedy)")
+    pairs_from: str = option("", "reuse the pairs an earlier run mined (its out folder): ablations on the same pairs")
+    valid_mine_instances: int = option(1000, "valid instances mined for the pairwise-accuracy evaluation")
+    train_context_tokens: int = option(0, "logistic: train on the last N tokens of each context (0 = all)")
+    replay_coef: float = option(0.0, "logistic: weight of the rehearsal NLL on stage-1 ranking trajectories (0 = off)")
+    replay_instances: int = option(512, "train instances whose stage-1 greedy trajectories are the rehearsal data")
+    replay_batch: int = option(4, "rehearsal trajectories per step and rank")
+    epochs: float = option(1.0, "passes over the training tasks (ignored when --steps > 0)")
+    steps: int = option(0, "optimiser steps; 0 = derived from --epochs")
+    batch_size: int = option(64, "tasks per step, over all ranks")
+    group_size: int = option(8, "rollouts per task (G), grpo objective")
+    lr: float = option(1e-6, "AdamW learning rate (after warm-up)")
+    warmup_steps: int = option(10, "linear learning-rate warm-up")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    grad_clip: float = option(1.0, "gradient-norm clipping")
+    temperature: float = option(0.6, "sampling temperature; training log-probs use the same")
+    max_tool_calls: int = option(10, "T_max (default: the stage-1 checkpoint's)")
+    max_turn_tokens: int = option(512, "sampled tokens per turn (default: the stage-1 checkpoint's)")
+    max_context: int = option(6144, "tokens per trajectory (default: the stage-1 checkpoint's)")
+    tools: str = option("all", 'comma-separated tool names, "all", or "none" (default: the stage-1 checkpoint\'s)')
+    profiles: str = option("", "the LLM profile cache get_user_profile serves; default: the stage-1 run's")
+    kl_coef: float = option(1e-3, "beta; 0 loads no reference model (grpo objective)")
+    kl_estimator: str = option("k3", "k1 | k2 | k3")
+    clip_eps: float = option(0.2, "PPO clip epsilon")
+    advantage: str = option("mean", "mean (paper) | std | rloo")
+    aggregation: str = option("token_mean", "token_mean | sequence_mean")
+    mu: int = option(1, "optimiser updates per rollout batch")
+    drop_all_negative: bool = option(True, "dynamic sampling: drop groups whose rewards are all negative")
+    drop_all_equal: bool = option(True, "and groups with equal rewards (no signal with 0 / 1 rewards)")
+    refill_rounds: int = option(3, "extra rollout rounds to refill dropped groups")
+    rollout_groups: int = option(0, "groups per engine call; 0 = all at once")
+    eval_instances: int = option(1000, "valid instances for the ranking H@1 before / after")
+    eval_chunk: int = option(250, "instances per engine call in evaluation")
+    checkpoint_every: int = option(50, "steps between checkpoints")
+    resume: bool = option(False, "continue from out/checkpoints/latest")
+    dtype: str = option("float32", "float32 | bfloat16")
+    threads: int = option(2, "torch threads per process")
+    seed: int = option(0, "all randomness derives from (seed, step, rank)")
+    stop_after: int = option(0, "stop after this many steps of this run (tests of resume); 0 = no stop")
 
 
-# The CPU preset, applied when --model holds train_grpo's preset marker (docs/ppr.md, "The CPU preset"): stage 1's
-# agent settings, mining 4,000 train instances, and the logistic objective (the tiny stage-1 model was never taught
-# to answer A / B questions, so its sampled answers are invalid and GRPO would see no signal; the likelihood margin
-# needs none). The loss sits at 2 log 2 for a few hundred steps before the model learns to read MORE / LESS, hence
-# lr 3e-3 and 6 epochs; the last 200 tokens of each context (question, tool call, observation) are enough and make
-# the escape faster (on whole contexts: none in 790 steps); rehearsal keeps the ranking format (without it: 0 valid).
-PRESET = dict(objective="logistic", mine_instances=4000, batch_size=32, lr=3e-3, warmup_steps=5, epochs=6.0,
-              train_context_tokens=200, replay_coef=1.0, max_turn_tokens=96, max_context=2048, max_title_chars=24,
-              max_tool_calls=4, tools="candidates_analyze,get_similar_users", checkpoint_every=100)
+AGENT_SETTINGS = ("tools", "max_tool_calls", "max_turn_tokens", "max_context")  # read from the stage-1 checkpoint
 
 
-def parse_args(argv=None) -> Config:
-    given = G.parse_flags(Config, Path(__file__), __doc__, argv)
-    preset = PRESET if (Path(given.get("model", Config.model)) / G.PRESET_MARKER).is_file() else {}
-    cfg = Config(**{**preset, **given})
+def parse_args(argv=None) -> tuple[Config, dict]:
+    """(Config, the settings taken from the stage-1 checkpoint). Layers, last wins: the defaults; the stage-1
+    checkpoint's agent settings (its train_config.json); on a preset checkpoint the PPR preset
+    (agenticrec.preset.PPR); the given flags."""
+    given = parse_flags(Config, __doc__.splitlines()[0], argv)
+    saved = read_train_config(given.get("model", Config.model)) or {"config": {}, "preset": None}
+    taken = {k: saved["config"][k] for k in AGENT_SETTINGS if k in saved["config"]}
+    taken.update(preset.PPR if saved["preset"] else {})
+    cfg = Config(**{**taken, **given})
     if cfg.objective not in ("grpo", "logistic"):
         raise SystemExit(f"error: --objective must be grpo or logistic, got {cfg.objective!r}")
-    return cfg
+    return cfg, {k: v for k, v in taken.items() if k not in given}
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -134,7 +137,7 @@ def mine(rollout: Rollout, instances, cfg: Config, info: D.DistInfo, path: Path,
     if cfg.random_negatives:
         pairs, stats = random_pairs(instances, cfg.seed), {"random_negatives": True, "violations": len(instances)}
     else:
-        policy = rollout if cfg.mine_sampled else G.greedy_rollout(rollout)
+        policy = rollout if cfg.mine_sampled else greedy_rollout(rollout)
         mine_idx = list(range(info.rank, len(instances), info.world))
         outcomes = []
         for c in tqdm(range(0, len(mine_idx), cfg.eval_chunk), desc=f"mining {split}", disable=not info.is_main):
@@ -161,11 +164,12 @@ def answer_contexts(rollout: Rollout, tasks, cfg: Config):
     turn — the prompt plus the policy's own tool calls and observations, where its answer would begin. Built once,
     with the STAGE-1 policy: contexts rebuilt by the model being trained drift (on the preset its early updates
     made it stop calling tools, and the evidence vanished from the context it was scored in)."""
-    trajectories = G.greedy_run(rollout, tasks, cfg.eval_chunk, desc="stage-1 contexts")
-    return [t.ids[:_last_turn_start(t.mask)] for t in trajectories], trajectories
+    trajectories = greedy_run(rollout, tasks, cfg.eval_chunk, desc="stage-1 contexts")
+    return [t.ids[:last_turn_start(t.mask)] for t in trajectories], trajectories
 
 
-def _last_turn_start(mask: list[int]) -> int:
+def last_turn_start(mask: list[int]) -> int:
+    """The index where the trailing run of sampled tokens (the last turn) begins."""
     end = len(mask)
     while end > 0 and mask[end - 1] == 1:
         end -= 1
@@ -175,32 +179,32 @@ def _last_turn_start(mask: list[int]) -> int:
 def pairwise_accuracy(model, rollout: Rollout, tasks, contexts, cfg: Config) -> dict:
     """Per-task correctness on the valid tasks: the current policy's greedy answer (invalid = wrong), and the sign
     of the likelihood margin in the stage-1 context. Evaluated in every process on all tasks (identical numbers)."""
-    agent = [float(t.reward == 1.0) for t in G.greedy_run(rollout, tasks, cfg.eval_chunk)]
-    right = (task_margins(model, rollout, tasks, contexts, cfg, grad=False) > 0).float()
+    agent = [float(t.reward == 1.0) for t in greedy_run(rollout, tasks, cfg.eval_chunk)]
+    right = (task_margins(model, rollout.tokenizer, tasks, contexts, cfg, grad=False) > 0).float()
     return {"agent": agent, "likelihood": right.tolist(), "agent_accuracy": float(np.mean(agent)),
             "likelihood_accuracy": float(right.mean())}
 
 
-def task_margins(model, rollout: Rollout, tasks, contexts, cfg: Config, grad: bool) -> torch.Tensor:
+def task_margins(model, tokenizer, tasks, contexts, cfg: Config, grad: bool) -> torch.Tensor:
     """[T] log pi(correct answer | context) - log pi(other answer | context) for each task."""
-    answers = {c: rollout.tokenizer.encode(answer_text(c), add_special_tokens=False) for c in "AB"}
+    answers = {c: tokenizer.encode(answer_text(c), add_special_tokens=False) for c in "AB"}
     with torch.set_grad_enabled(grad):
         return choice_margins(model, contexts, answers, [t.answer for t in tasks], cfg.temperature)
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# The logistic update (the grpo objective is train_grpo.update, unchanged)
+# The logistic update (the grpo objective is agenticrec.trainer.update, unchanged)
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def logistic_update(model, optimizer, rollout: Rollout, tasks, contexts, replay, cfg: Config,
+def logistic_update(model, optimizer, tokenizer, tasks, contexts, replay, cfg: Config,
                     info: D.DistInfo) -> dict:
     """One step of Proposition 4.2's loss on this rank's tasks, each scored in its stage-1 context
     (``answer_contexts``), plus ``replay_coef`` x the rehearsal NLL on ``replay`` (stage-1 ranking trajectories,
     ``replay_trajectories``). The Prop 4.2 mean is over the GLOBAL number of pairs, so the gradient does not depend
     on the number of ranks; the rehearsal term is a mean over this rank's equal-sized batch, averaged over ranks by
     FSDP, i.e. a global mean too. Tasks come in (MORE, LESS) pairs unless unidirectional."""
-    margins = task_margins(model, rollout, tasks, contexts, cfg, grad=True)
+    margins = task_margins(model, tokenizer, tasks, contexts, cfg, grad=True)
     more, less = (margins, None) if cfg.unidirectional else (margins[0::2], margins[1::2])
     loss, metrics = bidirectional_loss(more, less)
     global_pairs = D.all_reduce_sum([float(len(more))], info)[0]
@@ -223,7 +227,7 @@ def replay_trajectories(rollout: Rollout, instances, cfg: Config) -> list[tuple[
     Training only on A / B answers at the preset's learning rate otherwise overwrites the ranking format (measured:
     valid ranking answers 1.00 -> 0.00); an NLL on the policy's own ranking turns keeps it (continual-learning
     rehearsal; the ``grpo`` objective has its KL term instead)."""
-    return [(t.ids, t.mask) for t in G.greedy_run(rollout, instances, cfg.eval_chunk, desc="rehearsal data")
+    return [(t.ids, t.mask) for t in greedy_run(rollout, instances, cfg.eval_chunk, desc="rehearsal data")
             if t.invalid_reason is None]
 
 
@@ -237,131 +241,194 @@ def replay_batch(replay: list, step: int, cfg: Config, info: D.DistInfo) -> list
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# Main: config -> setup -> mine -> loop (tasks -> update -> log -> checkpoint) -> before / after report
+# Setup: the stage-1 policy, then the pairs, tasks and contexts
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def main(argv=None) -> None:
-    cfg = parse_args(argv)
-    info, out = G.start_run(cfg)
-    if not (Path(cfg.model) / "config.json").is_file():
-        raise SystemExit(f"error: --model {cfg.model} is not a model folder; run train_grpo.py first (its out/final)")
-    if cfg.batch_size % info.world or (cfg.objective == "logistic" and not cfg.unidirectional and cfg.batch_size % 2):
-        raise SystemExit(f"error: --batch-size {cfg.batch_size} must split over {info.world} ranks (and be even)")
+@dataclass
+class Run:
+    """Everything the loop reads and updates."""
 
-    # setup (as in train_grpo: the trained model is sharded; rollouts use an unsharded copy)
+    cfg: Config
+    info: D.DistInfo
+    out: Path
+    layer: dict | None  # the stage-1 checkpoint's preset layer (agenticrec.preset.layer), None for the paper recipe
+    profiles: str | None  # the LLM profile cache get_user_profile serves, None for the statistics fallback
+    model: torch.nn.Module
+    ref_model: torch.nn.Module | None
+    tokenizer: object
+    rollout: Rollout
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+
+
+def setup(cfg: Config, info: D.DistInfo, out: Path) -> Run:
+    saved = read_train_config(cfg.model) or {"preset": None}
+    layer = saved["preset"]
+    if layer is not None:
+        log.info("CPU preset (from %s): %s", cfg.model, preset.describe(layer))
     data = load_dataset(cfg.dataset)
-    toolbox = G.make_toolbox(cfg, data)
-    agent_cfg = G.agent_config(cfg)
-    tokenizer = load_tokenizer(cfg.model)
-    model = load_pretrained(cfg.model, dtype=torch.float32 if info.world > 1 else getattr(torch, cfg.dtype),
-                            device=info.device)
+    toolbox = make_toolbox(data, cfg.tools, preset.toolbox_class(layer))
+    profiles = cfg.profiles or saved.get("profiles")
+    if profiles and profiles != "none":
+        toolbox.profiles = load_profiles(profiles)
+    log.info("get_user_profile: %s", f"{len(toolbox.profiles)} LLM profiles from {profiles}" if toolbox.profiles
+             else "statistics of the history (no LLM profiles)")
+    model, tokenizer = load_policy(cfg.model, cfg.dtype, info)
     ref_model = None
     if cfg.objective == "grpo" and cfg.kl_coef > 0:
-        ref_model = D.shard(G._frozen_copy(model), info, cfg.dtype == "bfloat16")
+        ref_model = D.shard(frozen_copy(model), info, cfg.dtype == "bfloat16")
     model = D.shard(model, info, cfg.dtype == "bfloat16")
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, G.lr_lambda(cfg))
-    rollout_model = D.refresh_rollout_copy(model, None, info)
-    rollout = Rollout(Engine(rollout_model, cfg.max_context), tokenizer, data, toolbox, agent_cfg)
+    rollout = Rollout(Engine(D.refresh_rollout_copy(model, None, info), cfg.max_context), tokenizer,
+                      preset.prompt_data(data, layer), toolbox, agent_config(cfg))
+    return Run(cfg, info, out, layer, profiles if toolbox.profiles else None, model, ref_model, tokenizer, rollout,
+               optimizer, warmup_schedule(optimizer, cfg.warmup_steps))
 
-    # mine (train pairs to learn from, valid pairs to measure), then the bidirectional tasks
-    train_instances = load_instances(cfg.dataset, "train")
-    train_instances = train_instances[:cfg.mine_instances] if cfg.mine_instances else train_instances
-    valid = load_instances(cfg.dataset, "valid")
-    if cfg.resume or cfg.pairs_from:  # resume: the pairs mined with the stage-1 policy, not the half-trained one
+
+def mined_pairs(run: Run, train_instances, valid) -> dict[str, tuple]:
+    """{"train": (pairs, stats), "valid": (pairs, stats)}: mined with the stage-1 policy, or read back from this
+    run's out/ (resume: not the half-trained policy) or from --pairs-from (ablations on the same pairs)."""
+    cfg, info, out = run.cfg, run.info, run.out
+    if cfg.resume or cfg.pairs_from:
         source = out if cfg.resume else Path(cfg.pairs_from)
-        (train_pairs, mining), (valid_pairs, valid_mining) = (_mined(source / f"pairs_{split}.jsonl")
-                                                              for split in ("train", "valid"))
+        mined = {split: _mined(source / f"pairs_{split}.jsonl") for split in ("train", "valid")}
         if info.is_main and source != out:  # this run's out/ holds the pairs it trained on (and resumes with)
-            write_pairs(out / "pairs_train.jsonl", train_pairs, mining)
-            write_pairs(out / "pairs_valid.jsonl", valid_pairs, valid_mining)
-    else:
-        train_pairs, mining = mine(rollout, train_instances, cfg, info, out / "pairs_train.jsonl", "train")
-        valid_pairs, valid_mining = mine(rollout, valid[:cfg.valid_mine_instances],
-                                         dataclasses.replace(cfg, random_negatives=False), info,
-                                         out / "pairs_valid.jsonl", "valid")
-    tasks = bidirectional_tasks(train_pairs, cfg.seed, cfg.unidirectional, "train")
-    valid_tasks = bidirectional_tasks(valid_pairs, cfg.seed, False, "valid")
+            for split, (pairs, stats) in mined.items():
+                write_pairs(out / f"pairs_{split}.jsonl", pairs, stats)
+        return mined
+    train = mine(run.rollout, train_instances, cfg, info, out / "pairs_train.jsonl", "train")
+    valid = mine(run.rollout, valid[:cfg.valid_mine_instances], dataclasses.replace(cfg, random_negatives=False),
+                 info, out / "pairs_valid.jsonl", "valid")
+    return {"train": train, "valid": valid}
+
+
+@dataclass
+class Tasks:
+    """What the loop trains on and what the evaluation measures."""
+
+    units: list  # the stream's items: a task (grpo), or a (MORE, LESS) pair of (task, context) (logistic)
+    replay: list  # rehearsal trajectories (logistic with --replay-coef)
+    probes: dict  # {"mined": (valid tasks, contexts), "random": (control tasks, contexts)}
+    mined: dict  # mined_pairs' result
+
+
+def build_tasks(run: Run, train_instances, valid) -> Tasks:
+    """Bidirectional tasks from the mined pairs; for the logistic objective the stage-1 contexts they are scored
+    in (every rank builds every context: simple and deterministic) and the rehearsal data."""
+    cfg, rollout = run.cfg, run.rollout
+    mined = mined_pairs(run, train_instances, valid)
+    tasks = bidirectional_tasks(mined["train"][0], cfg.seed, cfg.unidirectional, "train")
+    valid_tasks = bidirectional_tasks(mined["valid"][0], cfg.seed, False, "valid")
     if not tasks or not valid_tasks:
         raise SystemExit("error: mining found no violations to learn from or to measure on")
-    per_unit = 1 if cfg.unidirectional or cfg.objective == "grpo" else 2  # logistic keeps MORE / LESS together
-    # every rank builds every context (simple and deterministic; a rank-split + gather would save time at scale)
-    contexts = answer_contexts(rollout, tasks, cfg)[0] if cfg.objective == "logistic" else [None] * len(tasks)
-    if cfg.train_context_tokens and cfg.objective == "logistic":  # train on the tails (evaluation: whole contexts)
-        contexts = [c[-cfg.train_context_tokens:] for c in contexts]
-    replay = replay_trajectories(rollout, train_instances[:cfg.replay_instances], cfg) \
-        if cfg.objective == "logistic" and cfg.replay_coef > 0 else []
+    units, replay = tasks, []
+    if cfg.objective == "logistic":  # MORE / LESS stay together; train on the tails (evaluation: whole contexts)
+        contexts = [c[-cfg.train_context_tokens:] if cfg.train_context_tokens else c
+                    for c in answer_contexts(rollout, tasks, cfg)[0]]
+        per_unit = 1 if cfg.unidirectional else 2
+        units = [list(zip(tasks, contexts))[i:i + per_unit] for i in range(0, len(tasks), per_unit)]
+        if cfg.replay_coef > 0:
+            replay = replay_trajectories(rollout, train_instances[:cfg.replay_instances], cfg)
     valid_contexts = answer_contexts(rollout, valid_tasks, cfg)[0]  # built before a resumed checkpoint is loaded
     # the control: valid pairs with a RANDOM negative. Mined pairs are, by construction, those where the stage-1
     # evidence is wrong; a model that learns to distrust that evidence wins on them and loses here.
     control_tasks = bidirectional_tasks(random_pairs(valid[:cfg.valid_mine_instances], cfg.seed + 1), cfg.seed)
     probes = {"mined": (valid_tasks, valid_contexts),
               "random": (control_tasks, answer_contexts(rollout, control_tasks, cfg)[0])}
-    units = [list(zip(tasks, contexts))[i:i + per_unit] for i in range(0, len(tasks), per_unit)]
-    stream = G.DataStream(units, cfg.seed, info)
-    steps = cfg.steps or math.ceil(cfg.epochs * len(tasks) / cfg.batch_size)
-    start = G.load_checkpoint(model, optimizer, scheduler, stream, info, out) if cfg.resume else 0
-    rollout.engine.model = rollout_model = D.refresh_rollout_copy(model, rollout_model, info)
-    metrics_file = open(out / "metrics.jsonl", "a") if info.is_main else None
-    before = _evaluation(model, rollout, probes, valid[:cfg.eval_instances], cfg, info, out, start)
+    return Tasks(units, replay, probes, mined)
 
-    # loop
+
+# ------------------------------------------------------------------------------------------------------------------
+# Main: config -> setup -> mine -> loop (tasks -> update -> log -> checkpoint) -> before / after report
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> None:
+    cfg, taken = parse_args(argv)
+    info, out = start_run(cfg.threads, cfg.out)
+    if not (Path(cfg.model) / "config.json").is_file():
+        raise SystemExit(f"error: --model {cfg.model} is not a model folder; run train_grpo.py first (its out/final)")
+    if cfg.batch_size % info.world or (cfg.objective == "logistic" and not cfg.unidirectional and cfg.batch_size % 2):
+        raise SystemExit(f"error: --batch-size {cfg.batch_size} must split over {info.world} ranks (and be even)")
+    if taken:
+        log.info("settings from %s/train_config.json: %s", cfg.model, taken)
+    run = setup(cfg, info, out)
+    train_instances = load_instances(cfg.dataset, "train")
+    train_instances = train_instances[:cfg.mine_instances] if cfg.mine_instances else train_instances
+    valid = load_instances(cfg.dataset, "valid")
+    tasks = build_tasks(run, train_instances, valid)
+    stream = DataStream(tasks.units, cfg.seed, info)
+    steps = cfg.steps or math.ceil(cfg.epochs * len(tasks.units) * _per_unit(cfg) / cfg.batch_size)
+    start = load_checkpoint(run.model, run.optimizer, run.scheduler, stream, info, out) if cfg.resume else 0
+    refresh_rollout_copy(run)
+    metrics = MetricsLog(out / "metrics.jsonl", info)
+    before = evaluation(run, tasks.probes, valid[:cfg.eval_instances], start)
+
     bar = tqdm(range(start, steps), desc=f"PPR ({cfg.objective})", disable=not info.is_main, initial=start,
                total=steps)
     for step in bar:
         t0 = time.perf_counter()
-        record = {"step": step + 1}
-        if cfg.objective == "grpo":  # samples with the rollout copy: refresh it; logistic scores fixed contexts
-            rollout.engine.model = rollout_model = D.refresh_rollout_copy(model, rollout_model, info)
-            groups, weights, trajectories, dropped, padded = G.collect_groups(rollout, _Flat(stream), cfg, step, info)
-            record.update({**G.summarize(trajectories, info), **G.group_stats(trajectories, cfg.group_size, info),
-                           **G._update_metrics(G.update(model, ref_model, optimizer, groups, weights, cfg, info),
-                                               info), "dropped_groups": D.all_reduce_sum([dropped], info)[0]})
-        else:
-            batch = [tc for unit in stream.take(cfg.batch_size // info.world // per_unit) for tc in unit]
-            record.update(logistic_update(model, optimizer, rollout, [t for t, _ in batch], [c for _, c in batch],
-                                          replay_batch(replay, step, cfg, info), cfg, info))
-        scheduler.step()
-        record.update({"lr": scheduler.get_last_lr()[0], "step_s": time.perf_counter() - t0})
-        G._log(metrics_file, record)
+        record = {"step": step + 1, **(grpo_step(run, stream, step) if cfg.objective == "grpo" else
+                                       logistic_step(run, stream, tasks.replay, step))}
+        run.scheduler.step()
+        record.update({"lr": run.scheduler.get_last_lr()[0], "step_s": time.perf_counter() - t0})
+        metrics.write(record)
         bar.set_postfix(loss=f"{record.get('loss', 0.0):.3f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == steps:
-            G.save_checkpoint(model, optimizer, scheduler, stream, step + 1, cfg, info, out)
+            save_checkpoint(run.model, run.optimizer, run.scheduler, stream, step + 1, dataclasses.asdict(cfg), info,
+                            out)
         if cfg.stop_after and step + 1 - start >= cfg.stop_after:
             D.shutdown(info)
             return
 
-    rollout.engine.model = D.refresh_rollout_copy(model, rollout_model, info)
-    after = _evaluation(model, rollout, probes, valid[:cfg.eval_instances], cfg, info, out, steps)
-    G.export(model, info, out / "final", tokenizer)
+    refresh_rollout_copy(run)
+    after = evaluation(run, tasks.probes, valid[:cfg.eval_instances], steps)
+    saved = train_config("train_ppr.py", cfg, run.layer, profiles=run.profiles, stage1=cfg.model)
+    export(run.model, info, out / "final", run.tokenizer, saved)
     if info.is_main:
-        marker = Path(cfg.model) / G.PRESET_MARKER
-        if marker.is_file():  # evaluate.py reads the agent settings (and the warm start) from it
-            (out / "final" / G.PRESET_MARKER).write_text(marker.read_text())
-        report(out, before, after, mining, valid_mining)
+        report(out, before, after, tasks.mined["train"][1], tasks.mined["valid"][1])
     D.shutdown(info)
 
 
-class _Flat:
-    """A DataStream of one-task units seen as a stream of tasks (what train_grpo.collect_groups takes)."""
-
-    def __init__(self, stream):
-        self.stream = stream
-
-    def take(self, n: int):
-        return [unit[0][0] for unit in self.stream.take(n)]  # the task of each (task, context) unit
+def _per_unit(cfg: Config) -> int:
+    """Tasks per stream item: the logistic objective keeps each pair's MORE and LESS tasks together."""
+    return 1 if cfg.unidirectional or cfg.objective == "grpo" else 2
 
 
-def _evaluation(model, rollout, probes: dict, valid_instances, cfg: Config, info, out: Path, step: int) -> dict:
+def refresh_rollout_copy(run: Run) -> None:
+    run.rollout.engine.model = D.refresh_rollout_copy(run.model, run.rollout.engine.model, run.info)
+
+
+def grpo_step(run: Run, stream: DataStream, step: int) -> dict:
+    """The paper's objective: stage 1's dynamic sampling and update on the A / B tasks."""
+    cfg, info = run.cfg, run.info
+    refresh_rollout_copy(run)  # samples with the rollout copy (the logistic objective scores fixed contexts)
+    sampling, objective = Sampling.of(cfg, info), Objective.of(cfg)
+    batch = collect_groups(run.rollout, stream, sampling, step, info)
+    stats = update(run.model, run.ref_model, run.optimizer, batch, objective, info)
+    return {**summarize(batch.trajectories, info), **group_stats(batch.trajectories, cfg.group_size, info),
+            **update_metrics(stats, info), "dropped_groups": D.all_reduce_sum([batch.dropped], info)[0]}
+
+
+def logistic_step(run: Run, stream: DataStream, replay: list, step: int) -> dict:
+    """Proposition 4.2's loss on this rank's (MORE, LESS) units in their stage-1 contexts, with rehearsal."""
+    cfg, info = run.cfg, run.info
+    batch = [tc for unit in stream.take(cfg.batch_size // info.world // _per_unit(cfg)) for tc in unit]
+    return logistic_update(run.model, run.optimizer, run.tokenizer, [t for t, _ in batch], [c for _, c in batch],
+                           replay_batch(replay, step, cfg, info), cfg, info)
+
+
+def evaluation(run: Run, probes: dict, valid_instances, step: int) -> dict:
     """Pairwise accuracy on the mined valid tasks (agent answer and likelihood), the likelihood accuracy on the
     random-negative control tasks, and the ranking task's target ranks; saved in out/evals/. A resumed run reads
     the step-0 evaluation back instead of recomputing it on a changed model."""
-    path = out / "evals" / f"step_{step:06d}.json"
+    model, rollout, cfg, info = run.model, run.rollout, run.cfg, run.info
+    path = run.out / "evals" / f"step_{step:06d}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    ranking, ranks = G.evaluate(rollout, valid_instances, info, cfg.eval_chunk)
-    control = (task_margins(model, rollout, *probes["random"], cfg, grad=False) > 0).float()
+    ranking, ranks = evaluate(rollout, valid_instances, info, cfg.eval_chunk)
+    control = (task_margins(model, rollout.tokenizer, *probes["random"], cfg, grad=False) > 0).float()
     result = {"step": step, **pairwise_accuracy(model, rollout, *probes["mined"], cfg), "ranks": ranks,
               "likelihood_random": control.tolist(), "likelihood_random_accuracy": float(control.mean()),
               "eval_H@1": ranking["eval_H@1"], "eval_N@10": ranking["eval_N@10"], "eval_valid": ranking["eval_valid"]}

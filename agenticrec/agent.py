@@ -57,7 +57,6 @@ class AgentConfig:
     max_context: int = 6144  # prompt + all turns + observations
     answer_length: int = 10  # K of the top-K answer (capped at the number of candidates)
     use_tools: bool = True  # False: reasoning only, no tool schemas, any tool call is invalid
-    max_title_chars: int | None = None  # shorten titles in prompts (the CPU preset's small context)
     temperature: float = 0.6
     top_p: float = 1.0
     top_k: int = 0
@@ -104,16 +103,9 @@ class Trajectory:
         return sum(call.error is not None for call in self.tool_calls)
 
 
-def _title(data: Dataset, item: int, max_chars: int | None) -> str:
-    text = data.title(item)
-    return text if max_chars is None or len(text) <= max_chars else text[:max_chars - 1] + "…"
-
-
-def user_message(instance: Instance, data: Dataset, max_title_chars: int | None) -> str:
-    def title(item: int) -> str:
-        return _title(data, item, max_title_chars)
-    history = "\n".join(f"{n}. {title(i)}" for n, i in enumerate(instance.history, 1))
-    candidates = "\n".join(f"[{n}] {title(c)}" for n, c in enumerate(instance.candidates, 1))
+def user_message(instance: Instance, data: Dataset) -> str:
+    history = "\n".join(f"{n}. {data.title(i)}" for n, i in enumerate(instance.history, 1))
+    candidates = "\n".join(f"[{n}] {data.title(c)}" for n, c in enumerate(instance.candidates, 1))
     return (f"The user's history, oldest first:\n{history}\n\nCandidates:\n{candidates}\n\n"
             f"Rank the candidates for this user.")
 
@@ -121,11 +113,11 @@ def user_message(instance: Instance, data: Dataset, max_title_chars: int | None)
 def build_prompt(tokenizer, instance: Instance, data: Dataset, toolbox: Toolbox | None, cfg: AgentConfig) -> list[int]:
     if isinstance(instance, PreferenceTask):
         system = SYSTEM_CHOICE.format(tools=CHOICE_TOOLS_SENTENCE if cfg.use_tools else "")
-        user = preference_message(instance, lambda item: _title(data, item, cfg.max_title_chars))
+        user = preference_message(instance, data.title)
     else:
         k = min(cfg.answer_length, len(instance.candidates))
         system = (SYSTEM_WITH_TOOLS if cfg.use_tools else SYSTEM_NO_TOOLS).format(k=k)
-        user = user_message(instance, data, cfg.max_title_chars)
+        user = user_message(instance, data)
     messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
     tools = toolbox.schemas if cfg.use_tools and toolbox is not None else None
     return render_chat(tokenizer, messages, tools)

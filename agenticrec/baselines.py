@@ -75,22 +75,3 @@ def evaluate_scorer(data: Dataset, instances: list[Instance], scorer: Scorer) ->
     """Mean HR@1/5/10 and NDCG@5/10 of a scorer over instances."""
     rows = [ranking_metrics(r) for r in target_ranks(data, instances, scorer)]
     return {k: float(np.mean([row[k] for row in rows])) for k in rows[0]}
-
-
-def tool_ordering_scorer(data: Dataset, toolbox, name: str, arguments: dict | None = None) -> Scorer:
-    """A ranking tool's own ordering (``agenticrec.tools.ordering_line``), copied verbatim: the policy that always
-    calls ``name`` once and answers with its order. The reference a trained agent should beat."""
-    from agenticrec.tools import context_for, ordering_of
-
-    def scorer(instances: list[Instance]) -> list[list[float]]:
-        out = []
-        for x in instances:
-            order = ordering_of(toolbox.call(name, arguments or {}, context_for(x, data)).text)
-            if order is None:
-                raise ValueError(f"tool {name} does not end with an ordering of the candidates")
-            scores = [0.0] * len(x.candidates)
-            for rank, number in enumerate(order):
-                scores[number - 1] = -float(rank)
-            out.append(scores)
-        return out
-    return scorer

@@ -1,19 +1,187 @@
-"""The CPU preset: a tiny Qwen3-architecture model that runs the whole pipeline on a laptop-class CPU.
+"""The CPU preset: a layer over the method that lets a 1 M-parameter model run and learn the pipeline on a CPU.
 
-Same code path as the paper recipe (Qwen3-4B-Instruct-2507 on 4 GPUs); only the size differs. The preset's
-tokenizer is a small byte-level BPE trained by ``agenticrec.tokenizer.train_bpe_tokenizer`` with Qwen3's control
-tokens, so the chat and tool-call format is Qwen3's, token for token.
+Nothing here is in the paper. The paper recipe (``--model <Qwen3 folder>``) never touches this module; the preset
+(``--model preset``) applies all of it explicitly, and ``export`` records it in the run's ``train_config.json``
+(``LAYER`` plus the warm start's folder), from which ``train_ppr.py`` and ``evaluate.py`` apply it again.
+
+- **The model**: a 2-layer Qwen3 (``PRESET_MODEL``) with a byte-level BPE trained on the dataset's titles and the
+  agent's fixed texts, warm-started on a scripted expert (``agenticrec.warmstart``): no instruct model can be
+  downloaded here, so the preset manufactures a policy that knows the format and the tools.
+- **Ordering lines** (``PresetToolbox``): the three ranking tools end with every candidate number by the tool's
+  score, in the answer's own list format, so that a tiny model can carry a tool's whole order into its answer. The
+  paper's tools return evidence only; with them a 2-layer model never writes a ranking better than chance.
+- **Short titles** (``ShortTitles``): titles in prompts are cut at ``TITLE_CHARS`` so that prompts stay near 800
+  tokens (tool outputs keep their own widths).
+- **Settings** (``GRPO``, ``PPR``): the tool subset whose orders the warm start copies, small budgets, and learning
+  rates at which a tiny model moves (docs/grpo.md and docs/ppr.md, "The CPU preset").
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+from agenticrec.data import Dataset, Instance
 from agenticrec.model import Qwen3Config
+from agenticrec.tools import Tool, Toolbox, ToolContext, context_for
+
+log = logging.getLogger("agenticrec.preset")
 
 # 2 layers, d=128: ~0.8M parameters besides the embeddings; a GRPO step of 8 prompts x 8 samples takes well under
 # a second on 2 cores (../shared/cpu-preset-notes.md measured 0.2 s for a model of this size).
 PRESET_MODEL = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
                     num_key_value_heads=2, head_dim=32, rope_theta=10_000.0, tie_word_embeddings=True,
                     max_position_embeddings=4096)
+
+# train_grpo.py's settings under --model preset: the two no-argument ranking tools (popularity, similar users'
+# taste) whose orders the warm start copies; budgets that keep prompts near 800 tokens; lr 1e-4 (the tiny model
+# moves little at the paper's 1e-6) with a KL of 0.01 to the warm start; a budget of steps, not of time.
+GRPO = dict(batch_size=8, lr=1e-4, warmup_steps=5, max_turn_tokens=96, max_context=2048,
+            tools="candidates_analyze,get_similar_users", steps=30, kl_coef=0.01, eval_instances=1000,
+            checkpoint_every=10, max_tool_calls=4)
+
+# train_ppr.py's settings on a preset checkpoint (its agent settings come from the checkpoint's train_config.json):
+# mining 4,000 train instances and the logistic objective (the tiny stage-1 model was never taught to answer A / B
+# questions, so its sampled answers are invalid and GRPO would see no signal; the likelihood margin needs none). The
+# loss sits at 2 log 2 for a few hundred steps before the model learns to read MORE / LESS, hence lr 3e-3 and 6
+# epochs; the last 200 tokens of each context (question, tool call, observation) are enough and make the escape
+# faster (on whole contexts: none in 790 steps); rehearsal keeps the ranking format (without it: 0 valid).
+PPR = dict(objective="logistic", mine_instances=4000, batch_size=32, lr=3e-3, warmup_steps=5, epochs=6.0,
+           train_context_tokens=200, replay_coef=1.0, checkpoint_every=100)
+
+TITLE_CHARS = 24  # titles in prompts are cut here (with "…")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The layer: what a preset run records, and what a reader of its checkpoint applies again
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def layer(warm_start: Path) -> dict:
+    """The preset layer as ``train_config.json`` records it."""
+    return {"title_chars": TITLE_CHARS, "ordering_lines": list(ORDERING_SCORES), "warm_start": str(warm_start),
+            "model": PRESET_MODEL}
+
+
+def prompt_data(data: Dataset, preset: dict | None) -> Dataset:
+    """The dataset prompts are built from: ``data`` itself, or under the preset its titles cut short."""
+    return data if preset is None else short_titles(data, preset["title_chars"])
+
+
+def toolbox_class(preset: dict | None) -> type[Toolbox]:
+    """The paper's toolbox, or under the preset the one whose ranking tools end with an ordering line."""
+    return Toolbox if preset is None else PresetToolbox
+
+
+def describe(preset: dict) -> str:
+    """One line for the log: what the preset layer changes."""
+    return (f"titles in prompts cut at {preset['title_chars']} characters; ordering lines after "
+            f"{', '.join(preset['ordering_lines'])}; the frozen policy is the warm start {preset['warm_start']}")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Short titles
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ShortTitles(Dataset):
+    """A view of a dataset whose ``title`` is cut at ``max_chars`` (the lists are shared, not copied)."""
+
+    max_chars: int = TITLE_CHARS
+
+    def title(self, item: int) -> str:
+        text = super().title(item)
+        return text if len(text) <= self.max_chars else text[:self.max_chars - 1] + "…"
+
+
+def short_titles(data: Dataset, max_chars: int) -> ShortTitles:
+    fields = {f.name: getattr(data, f.name) for f in dataclasses.fields(Dataset)}
+    return ShortTitles(**fields, max_chars=max_chars)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Ordering lines
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _popularity(box: Toolbox, ctx: ToolContext, arguments: dict) -> list[float]:
+    return [float(box.popularity[c]) for c in ctx.candidates]
+
+
+def _similarity(box: Toolbox, ctx: ToolContext, arguments: dict) -> list[float]:
+    item = box.resolve(arguments["item_title"], ctx)
+    sims = box.item_vectors @ box.item_vectors[item]  # as get_similar_items computes them
+    return [float(sims[c]) for c in ctx.candidates]
+
+
+def _users_taste(box: Toolbox, ctx: ToolContext, arguments: dict) -> list[float]:
+    user = box.user_vector(ctx.history)  # the SASRec taste vector that placed the similar users near this one
+    return [float(box.item_vectors[c] @ user) for c in ctx.candidates]
+
+
+# tool -> (criterion named in the line, the candidates' scores)
+ORDERING_SCORES = {"candidates_analyze": ("popularity", _popularity),
+                   "get_similar_items": ("similarity", _similarity),
+                   "get_similar_users": ("similar users' taste", _users_taste)}
+
+
+def ordering_line(criterion: str, scores: list[float]) -> str:
+    """``Candidates by <criterion>, best first: 4, 1, ...``: every candidate number, by score (ties: lower number)."""
+    order = sorted(range(len(scores)), key=lambda j: (-scores[j], j))
+    return f"Candidates by {criterion}, best first: " + ", ".join(str(j + 1) for j in order)
+
+
+def ordering_of(observation: str) -> list[int] | None:
+    """The candidate numbers of an observation's ``ordering_line`` (its last line), or None when it has none
+    (another tool, or an error observation)."""
+    line = observation.rstrip().rsplit("\n", 1)[-1]
+    if not line.startswith("Candidates by ") or ", best first: " not in line:
+        return None
+    return [int(n) for n in line.split(", best first: ", 1)[1].split(", ")]
+
+
+@dataclasses.dataclass
+class PresetToolbox(Toolbox):
+    """The paper's toolbox, with an ``ordering_line`` after each ranking tool's evidence."""
+
+    def observe(self, tool: Tool, context: ToolContext, arguments: dict) -> str:
+        text = super().observe(tool, context, arguments)
+        if tool.name not in ORDERING_SCORES:
+            return text
+        criterion, scores = ORDERING_SCORES[tool.name]
+        return text + "\n" + ordering_line(criterion, scores(self, context, arguments))
+
+
+def tool_ordering_scorer(data: Dataset, toolbox: PresetToolbox, name: str, arguments: dict | None = None):
+    """A ranking tool's own ordering, copied verbatim: the policy that always calls ``name`` once and answers with
+    its order (an ``agenticrec.baselines`` scorer). The reference a preset agent should beat."""
+    def scorer(instances: list[Instance]) -> list[list[float]]:
+        out = []
+        for x in instances:
+            order = ordering_of(toolbox.call(name, arguments or {}, context_for(x, data)).text)
+            if order is None:
+                raise ValueError(f"tool {name} does not end with an ordering of the candidates")
+            scores = [0.0] * len(x.candidates)
+            for rank, number in enumerate(order):
+                scores[number - 1] = -float(rank)
+            out.append(scores)
+        return out
+    return scorer
+
+
+def copied_orders(data: Dataset, toolbox: PresetToolbox, instances: list[Instance]) -> dict[str, dict]:
+    """{"<tool>, copied": metrics} for each enabled no-argument ranking tool: what copying it alone scores."""
+    from agenticrec.baselines import evaluate_scorer
+    return {f"{name}, copied": evaluate_scorer(data, instances, tool_ordering_scorer(data, toolbox, name))
+            for name in ORDERING_SCORES if name in toolbox.names}
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The model: tokenizer, size, warm start
+# ------------------------------------------------------------------------------------------------------------------
 
 
 def preset_config(tokenizer) -> Qwen3Config:
@@ -25,9 +193,6 @@ def preset_config(tokenizer) -> Qwen3Config:
 def preset_tokenizer(data, folder, vocab_size: int = 4096, split_digits: bool = True):
     """The preset's byte-level BPE, trained on the dataset's item titles and the agent's fixed texts (system
     prompts, tool schemas, answer format), saved as a Hugging Face tokenizer folder; reused when present."""
-    import json
-    from pathlib import Path
-
     from agenticrec.agent import SYSTEM_NO_TOOLS, SYSTEM_WITH_TOOLS
     from agenticrec.tokenizer import load_tokenizer, tool_call_text, train_bpe_tokenizer
     from agenticrec.tools import TOOLS
@@ -45,3 +210,33 @@ def preset_tokenizer(data, folder, vocab_size: int = 4096, split_digits: bool = 
     numbers = [f"[{i}] " + ", ".join(str((i * 7 + j) % 20 + 1) for j in range(10)) for i in range(1, 21)]
     return train_bpe_tokenizer(fixed * 200 + numbers * 50 + titles, folder, vocab_size=vocab_size,
                                split_digits=split_digits)
+
+
+def preset_policy(data: Dataset, toolbox: PresetToolbox, agent_cfg, seed: int, info, out: Path):
+    """(model, tokenizer): the preset's tokenizer and a tiny Qwen3 warm-started on the scripted expert, both cached
+    under out/preset (rank 0 trains, the others wait and load). Exits when the warm start misses its gate."""
+    import torch
+
+    from agenticrec import distributed as D
+    from agenticrec.data import load_instances
+    from agenticrec.model import Qwen3, load_pretrained, save_pretrained
+    from agenticrec.warmstart import warm_start
+
+    tokenizer = preset_tokenizer(data, out / "preset" / "tokenizer", split_digits=False)
+    folder = out / "preset" / "warm_start"
+    if (folder / "config.json").is_file():
+        return load_pretrained(folder, device=info.device), tokenizer
+    torch.manual_seed(seed)
+    model = Qwen3(preset_config(tokenizer)).to(info.device)
+    if info.is_main:
+        report = warm_start(model, tokenizer, prompt_data(data, layer(folder)), toolbox,
+                            load_instances(data.name, "train"), load_instances(data.name, "valid")[-64:], agent_cfg)
+        log.info("warm start: %s", {k: v for k, v in report.items() if k != "history"})
+        (out / "preset" / "warm_start_report.json").write_text(json.dumps(report, indent=2))
+        if not report["passed_gate"]:  # GRPO on a policy without valid answers sees only -1: nothing to learn
+            save_pretrained(model, out / "preset" / "warm_start_failed")
+            raise SystemExit(f"error: the warm start stopped at step {report['steps']} with a greedy valid rate of "
+                             f"{report['valid_rate']:.2f}, below its gate; see {out / 'preset'}/warm_start_report.json")
+        save_pretrained(model, folder)
+    D.barrier(info)
+    return load_pretrained(folder, device=info.device), tokenizer

@@ -143,12 +143,17 @@ class Toolbox:
         try:
             if tool is None:
                 raise ToolError(f"unknown tool {str(name)[:40]!r}; available: {', '.join(sorted(self.names))}")
-            text, error = _truncate(tool.run(self, context, **_check_arguments(tool, arguments))), None
+            text, error = _truncate(self.observe(tool, context, _check_arguments(tool, arguments))), None
         except ToolError as err:
             text, error = f"error: {err}", str(err)
         except Exception as err:  # a bug in a tool must cost one observation, not the run; it is counted
             text, error = f"error: internal tool failure ({type(err).__name__})", f"internal: {err!r}"[:200]
         return ToolResult(text, error, time.perf_counter() - start)
+
+    def observe(self, tool: Tool, context: ToolContext, arguments: dict) -> str:
+        """One tool's observation text (before the length cut): the hook a toolbox variant extends
+        (``agenticrec.preset.PresetToolbox`` appends an ordering line)."""
+        return tool.run(self, context, **arguments)
 
     # shared helpers ---------------------------------------------------------------------------------------------
 
@@ -260,8 +265,8 @@ def profile_key(context: ToolContext) -> str:
 
 
 def get_user_profile(box: Toolbox, ctx: ToolContext) -> str:
-    """Offline profile: an LLM-written one when precomputed (``python -m agenticrec.tools profiles``), else
-    statistics of the history's metadata."""
+    """Offline profile: the one the backbone LLM wrote for this (user, history) when the toolbox holds it
+    (``agenticrec.profiles``), else statistics of the history's metadata."""
     if profile_key(ctx) in box.profiles:
         return box.profiles[profile_key(ctx)]
     lines = [f"{len(ctx.history)} past items."]
@@ -305,8 +310,7 @@ def item_info_search(box: Toolbox, ctx: ToolContext, item_name) -> str:
 
 
 def candidates_analyze(box: Toolbox, ctx: ToolContext) -> str:
-    """The candidates grouped by category with prices, their past interactions, and then all of them by popularity
-    as the last line (``ordering_line``)."""
+    """The candidates grouped by category with prices, and their past interactions (most first)."""
     counts = [float(box.popularity[c]) for c in ctx.candidates]
     lines = []
     if any(box.category(c) for c in ctx.candidates):
@@ -319,27 +323,7 @@ def candidates_analyze(box: Toolbox, ctx: ToolContext) -> str:
     else:
         lines.append("No categories in this dataset.")
     lines.append("Past interactions, most first: " + ", ".join(f"{c:.0f}" for c in sorted(counts, reverse=True)))
-    lines.append(ordering_line("popularity", counts))
     return "\n".join(lines)
-
-
-def ordering_line(criterion: str, scores: list[float]) -> str:
-    """``Candidates by <criterion>, best first: 4, 1, ...``: every candidate number, by score (ties: lower number).
-
-    The ranking tools end with this line, in the answer's own list format and always of full length, so that a
-    policy can carry a tool's whole order over into its answer (the CPU preset's warm start learns exactly that).
-    """
-    order = sorted(range(len(scores)), key=lambda j: (-scores[j], j))
-    return f"Candidates by {criterion}, best first: " + ", ".join(str(j + 1) for j in order)
-
-
-def ordering_of(observation: str) -> list[int] | None:
-    """The candidate numbers of an observation's ``ordering_line`` (its last line), or None when it has none
-    (another tool, or an error observation)."""
-    line = observation.rstrip().rsplit("\n", 1)[-1]
-    if not line.startswith("Candidates by ") or ", best first: " not in line:
-        return None
-    return [int(n) for n in line.split(", best first: ", 1)[1].split(", ")]
 
 
 def _price(box: Toolbox, item: int) -> str:
@@ -388,8 +372,7 @@ def get_similar_items(box: Toolbox, ctx: ToolContext, item_title) -> str:
     top = np.argpartition(-sims, 3)[:3]
     neighbours = "; ".join(box.label(int(i), ctx, width=50) for i in top[np.argsort(-sims[top])])
     return (f"Most similar to {box.label(item, ctx, width=50)}: {neighbours}.\n"
-            f"Cosine, most similar first: {', '.join(f'{s:.2f}' for s in sorted(scores, reverse=True))}\n"
-            + ordering_line("similarity", scores))
+            f"Cosine, most similar first: {', '.join(f'{s:.2f}' for s in sorted(scores, reverse=True))}")
 
 
 def get_similar_users(box: Toolbox, ctx: ToolContext) -> str:
@@ -403,10 +386,7 @@ def get_similar_users(box: Toolbox, ctx: ToolContext) -> str:
     recent = Counter(i for j in neighbours for i in box.neighbour_recent[j])
     shown = "; ".join(box.label(i, ctx, width=40) for i, _ in recent.most_common(5))
     picked = ", ".join(f"[{ctx.candidates.index(c) + 1}] x{n}" for c, n in counts.most_common()) or "none"
-    user = box.user_vector(ctx.history)  # the SASRec taste vector that placed these users near this one
-    taste = [float(box.item_vectors[c] @ user) for c in ctx.candidates]
-    return (f"Recent items of the 5 most similar users: {shown}.\nCandidates among them: {picked}.\n"
-            + ordering_line("similar users' taste", taste))
+    return f"Recent items of the 5 most similar users: {shown}.\nCandidates among them: {picked}."
 
 
 ITEM_ARG = {"type": ["string", "integer"],
@@ -428,75 +408,3 @@ TOOLS = [
          {}, (), get_similar_users),
 ]
 COLLABORATIVE = {"get_similar_items", "get_similar_users"}
-RANKING_TOOLS = ("candidates_analyze", "get_similar_items", "get_similar_users")  # end with an ordering_line
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Offline LLM profiles: python -m agenticrec.tools profiles --dataset games --model /models/Qwen3-4B-Instruct-2507
-# --------------------------------------------------------------------------------------------------------------------
-
-PROFILE_PROMPT = ("Here are the items a user chose, oldest first:\n{history}\n\nDescribe this user's preferences "
-                  "in at most three sentences: preferred categories, long-term interests and recent focus.")
-
-
-def write_llm_profiles(data: Dataset, instances: list[Instance], model, tokenizer, out, batch_size: int = 32,
-                       max_new_tokens: int = 128) -> int:
-    """Generate one profile per distinct (user, history) with the loaded LLM (greedy) and write them as
-    ``{"key": profile_key, "profile": text}`` lines; ``load_profiles`` reads them back for the Toolbox."""
-    from tqdm.auto import tqdm
-
-    from agenticrec.data import write_jsonl
-    from agenticrec.engine import generate
-    from agenticrec.tokenizer import IM_END, render_chat
-
-    contexts = {profile_key(c): c for c in (context_for(x, data) for x in instances)}
-    keys, records = list(contexts), []
-    stop = tokenizer.convert_tokens_to_ids(IM_END)
-    for start in tqdm(range(0, len(keys), batch_size), desc="profiles", unit="batch"):
-        chunk = keys[start:start + batch_size]
-        prompts = [render_chat(tokenizer, [{"role": "user", "content": PROFILE_PROMPT.format(
-            history="\n".join(f"- {data.title(i)}" for i in contexts[k].history))}]) for k in chunk]
-        outputs = generate(model, prompts, max_new_tokens, stop_token_ids=[stop])
-        for key, ids in zip(chunk, outputs):
-            text = tokenizer.decode([i for i in ids if i != stop]).strip()
-            records.append({"key": key, "profile": text.split("</think>")[-1].strip()})
-    return write_jsonl(out, records)
-
-
-def load_profiles(path) -> dict[str, str]:
-    from pathlib import Path
-
-    from agenticrec.data import read_jsonl
-    return {r["key"]: r["profile"] for r in read_jsonl(Path(path)) if isinstance(r.get("profile"), str)}
-
-
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-    from pathlib import Path
-
-    from agenticrec.data import load_dataset, load_instances
-    from agenticrec.model import load_pretrained
-    from agenticrec.sasrec import CACHE
-    from agenticrec.tokenizer import load_tokenizer
-
-    parser = argparse.ArgumentParser(prog="python -m agenticrec.tools", description="offline tool data")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("profiles", help="precompute get_user_profile texts with a loaded LLM")
-    p.add_argument("--dataset", default="games", help="dataset name under data/")
-    p.add_argument("--model", type=Path, required=True, help="Hugging Face Qwen3 folder (weights + tokenizer)")
-    p.add_argument("--splits", nargs="+", default=["train", "valid", "test"], help="instance splits to cover")
-    p.add_argument("--limit", type=int, default=None, help="first N instances per split")
-    p.add_argument("--dtype", default="bfloat16", help="model dtype")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="model device")
-    p.add_argument("--out", type=Path, default=None, help="output .jsonl.gz (default: the cache folder)")
-    args = parser.parse_args(argv)
-    data = load_dataset(args.dataset)
-    instances = [x for split in args.splits for x in load_instances(args.dataset, split)[:args.limit]]
-    model = load_pretrained(args.model, dtype=getattr(torch, args.dtype), device=args.device).eval()
-    out = args.out or CACHE / f"profiles-{args.dataset}-{args.model.name}.jsonl.gz"
-    n = write_llm_profiles(data, instances, model, load_tokenizer(args.model), out)
-    print(f"wrote {n} profiles to {out}")
-
-
-if __name__ == "__main__":
-    main()

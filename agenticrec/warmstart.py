@@ -5,7 +5,7 @@ call tools and can rank a little. No such model can be downloaded here, so the C
 Qwen3 is trained to imitate an expert that
 
 - knows the format and the tools: thinks briefly, calls a ranking tool (sometimes two), and answers with the top
-  K of the last observation's ordering line (``agenticrec.tools.ordering_line``), copied verbatim;
+  K of the last observation's ordering line (``agenticrec.preset.ordering_line``), copied verbatim;
 - does not know which tool deserves trust: it trusts popularity (``candidates_analyze``, NDCG@10 0.53 on Games
   valid) twice as often as the similar users' taste (``get_similar_users``, 0.64), see ``EXPERT_TRUST``.
 
@@ -36,12 +36,13 @@ from agenticrec.agent import AgentConfig, Rollout, build_prompt
 from agenticrec.data import Dataset, Instance
 from agenticrec.engine import Engine
 from agenticrec.tokenizer import IM_END, tool_call_text, tool_response_ids
-from agenticrec.tools import Toolbox, context_for, ordering_line, ordering_of
+from agenticrec.preset import ordering_line, ordering_of
+from agenticrec.tools import Toolbox, context_for
 
 log = logging.getLogger("agenticrec.warmstart")
 
 
-# The tools whose observation ends with a full ordering of the candidates (agenticrec.tools.ordering_line), and
+# The tools whose observation ends with a full ordering of the candidates (agenticrec.preset.ordering_line), and
 # how often the expert trusts each: mostly popularity (NDCG@10 0.53 on Games valid), sometimes the item-to-item
 # similarity of the latest history item (0.57), sometimes the similar users' taste (0.64).
 EXPERT_TRUST = {"candidates_analyze": 0.5, "get_similar_items": 0.25, "get_similar_users": 0.25}

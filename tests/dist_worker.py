@@ -1,10 +1,12 @@
 """Run two updates on fixed synthetic data, in one process or under torchrun, and save the final full weights
 (rank 0): the tests compare 1 process against gloo ranks.
 
-    python tests/dist_worker.py OUT grpo        # train_grpo.update on 8 groups (whole groups per rank), AdamW
+    python tests/dist_worker.py OUT grpo        # trainer.update on 8 groups (whole groups per rank), AdamW
     python tests/dist_worker.py OUT logistic    # train_ppr.logistic_update on 4 pairs (2 per rank at 2 ranks), SGD
+    python tests/dist_worker.py OUT profiles    # profiles.build_profiles of 3 histories into the cache OUT
 """
 
+import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,25 +17,26 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import train_grpo  # noqa: E402
 import train_ppr  # noqa: E402
 from agenticrec import distributed as D  # noqa: E402
 from agenticrec.data import Instance  # noqa: E402
 from agenticrec.model import Qwen3  # noqa: E402
 from agenticrec.ppr import Pair, bidirectional_tasks  # noqa: E402
+from agenticrec.trainer import GroupBatch, Objective, frozen_copy, update  # noqa: E402
 from grpo_fakes import VOCAB, synthetic_group, tiny_config  # noqa: E402
 
 
 def grpo_steps(model, info) -> None:
-    ref = D.shard(train_grpo._frozen_copy(model), info)
+    ref = D.shard(frozen_copy(model), info)
     model = D.shard(model, info)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    cfg = train_grpo.Config(batch_size=8, group_size=4, kl_coef=0.05, temperature=0.8)
+    objective = Objective(advantage="mean", aggregation="token_mean", clip_eps=0.2, kl_coef=0.05, kl_estimator="k3",
+                          temperature=0.8, mu=1, grad_clip=1.0)
     for step in range(2):
-        groups = [synthetic_group(Instance(f"u{i}", [1], i, [i]), step, cfg.group_size, i) for i in range(8)]
-        share = cfg.batch_size // info.world  # whole groups per rank, contiguous
+        groups = [synthetic_group(Instance(f"u{i}", [1], i, [i]), step, 4, i) for i in range(8)]
+        share = len(groups) // info.world  # whole groups per rank, contiguous
         mine = groups[info.rank * share:(info.rank + 1) * share]
-        train_grpo.update(model, ref, optimizer, mine, [1.0] * len(mine), cfg, info)
+        update(model, ref, optimizer, GroupBatch(mine, [1.0] * len(mine), []), objective, info)
     return model
 
 
@@ -50,17 +53,36 @@ def logistic_steps(model, info):
     share = len(pairs) // info.world
     mine = range(info.rank * share, (info.rank + 1) * share)
     tasks, contexts = ([seq[2 * i + d] for i in mine for d in (0, 1)] for seq in (tasks, contexts))
-    letters = SimpleNamespace(tokenizer=SimpleNamespace(encode=lambda text, add_special_tokens: [
-        3 + ord(c) % (VOCAB - 3) for c in text]))  # any fixed encoding of the two answers will do
+    letters = SimpleNamespace(encode=lambda text, add_special_tokens: [
+        3 + ord(c) % (VOCAB - 3) for c in text])  # any fixed encoding of the two answers will do
     cfg = train_ppr.Config(temperature=0.8, grad_clip=1e9)
     for _ in range(2):
         train_ppr.logistic_update(model, optimizer, letters, tasks, contexts, [], cfg, info)
     return model
 
 
+def profile_build(out: str, info) -> None:
+    """Each rank writes how many profiles it generated to generated_rank{r}.json beside ``out``."""
+    import agenticrec.profiles as P
+    from test_profiles import INSTANCES, tiny_lm
+    from test_tools import tiny
+
+    generated = []
+    real = P.generate_profiles
+    P.generate_profiles = lambda model, tokenizer, data, histories, **kw: (
+        generated.append(len(histories)) or real(model, tokenizer, data, histories, **kw))
+    model, tokenizer = tiny_lm(Path(out).parent / f"rank{info.rank}")
+    P.build_profiles(model, tokenizer, tiny(), INSTANCES, out, info, max_new_tokens=4)
+    (Path(out).parent / f"generated_rank{info.rank}.json").write_text(json.dumps(sum(generated)))
+
+
 def main(out: str, objective: str) -> None:
     torch.set_num_threads(1)
     info = D.init_distributed("cpu")
+    if objective == "profiles":
+        profile_build(out, info)
+        D.shutdown(info)
+        return
     torch.manual_seed(0)
     model = {"grpo": grpo_steps, "logistic": logistic_steps}[objective](Qwen3(tiny_config()), info)
     state = D.full_state_dict(model, info, cpu=True)

@@ -14,6 +14,7 @@ from agenticrec.agent import Trajectory
 from agenticrec.data import load_dataset
 from agenticrec.model import Qwen3, Qwen3Config, save_pretrained
 from agenticrec.preset import preset_tokenizer
+from agenticrec.trainer import GroupBatch
 
 VOCAB = 600
 
@@ -52,27 +53,34 @@ def synthetic_group(instance, step: int, group_size: int, key: int) -> list[Traj
     return group
 
 
-def fake_collect_groups(rollout, stream, cfg, step, info):
-    """Drop-in for train_grpo.collect_groups: consumes the data stream like the real one."""
-    need = cfg.batch_size // info.world
-    instances = stream.take(need)
-    groups = [synthetic_group(x, step, cfg.group_size, stream.position) for x in instances]
-    return groups, [1.0] * need, [t for g in groups for t in g], 0, 0
+def fake_collect_groups(rollout, stream, sampling, step, info):
+    """Drop-in for agenticrec.trainer.collect_groups: consumes the data stream like the real one."""
+    instances = stream.take(sampling.groups_per_rank)
+    groups = [synthetic_group(x, step, sampling.group_size, stream.position) for x in instances]
+    return GroupBatch(groups, [1.0] * len(groups), [t for g in groups for t in g])
+
+
+WORKER = str(Path(__file__).resolve().parent / "dist_worker.py")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def run_worker(out: Path, mode: str, ranks: int) -> None:
+    """tests/dist_worker.py in ``mode`` under torchrun with ``ranks`` gloo ranks (5 minutes at most); it writes
+    ``out``."""
+    for attempt in range(3):  # gloo can abort at exit after success; the worker exits with os._exit to avoid it
+        run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
+                              "--master_port", str(29500 + attempt), WORKER, str(out), mode],
+                             env=ENV, timeout=300, capture_output=True, text=True)
+        if out.exists():
+            break
+    assert out.exists(), run.stderr[-2000:]
 
 
 def worker_weights(tmp_path: Path, objective: str, ranks: int) -> tuple[dict, dict]:
     """Final weights of tests/dist_worker.py run in one process and under torchrun with ``ranks`` gloo ranks."""
-    worker = str(Path(__file__).resolve().parent / "dist_worker.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one, many = tmp_path / "one.safetensors", tmp_path / "many.safetensors"
-    subprocess.run([sys.executable, worker, str(one), objective], check=True, env=env, timeout=300)
-    for attempt in range(3):  # gloo can abort at exit after success; the worker exits with os._exit to avoid it
-        run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
-                              "--master_port", str(29500 + attempt), worker, str(many), objective],
-                             env=env, timeout=300, capture_output=True, text=True)
-        if many.exists():
-            break
-    assert many.exists(), run.stderr[-2000:]
+    subprocess.run([sys.executable, WORKER, str(one), objective], check=True, env=ENV, timeout=300)
+    run_worker(many, objective, ranks)
     one, many = load_file(one), load_file(many)
     assert one.keys() == many.keys()
     return one, many

@@ -146,8 +146,8 @@ def policy(tmp_path_factory):
 def test_evaluate_command_writes_every_field(policy, tmp_path, capsys):
     out = tmp_path / "eval.json"
     result = evaluate.main(["--checkpoint", str(policy), "--dataset", "beauty2023", "--limit", "6", "--baselines",
-                            "--frozen", str(policy), "--tool-set", "get_user_profile", "--max-turn-tokens", "8",
-                            "--max-context", "1500", "--max-title-chars", "16", "--chunk", "4", "--threads", "1",
+                            "--frozen", str(policy), "--tools", "get_user_profile", "--max-turn-tokens", "8",
+                            "--max-context", "4096", "--chunk", "4", "--threads", "1",
                             "--json", str(out), "--show", "1", "--html", str(tmp_path / "t.html")])
     saved = json.loads(out.read_text())
     assert saved["instances"] == 6 and saved["rows"].keys() == result["rows"].keys()
@@ -168,8 +168,8 @@ def test_evaluate_command_writes_every_field(policy, tmp_path, capsys):
 
 def test_scaling_table_has_the_two_stage_row_with_its_recall(policy, tmp_path):
     result = evaluate.main(["--checkpoint", str(policy), "--dataset", "beauty2023", "--limit", "3", "--table",
-                            "scaling", "--scaling", "5,8", "--shortlist", "5", "--tool-set", "get_user_profile",
-                            "--max-turn-tokens", "4", "--max-context", "1500", "--max-title-chars", "16",
+                            "scaling", "--scaling", "5,8", "--shortlist", "5", "--tools", "get_user_profile",
+                            "--max-turn-tokens", "4", "--max-context", "4096",
                             "--threads", "1"])
     rows = result["rows"]
     assert list(rows) == ["N=5, agent", "N=5, SASRec", "N=8, agent", "N=8, SASRec",
@@ -187,7 +187,7 @@ def test_bad_flags_give_clear_errors(policy, tmp_path):
     with pytest.raises(SystemExit, match="needs the untrained policy"):
         evaluate.main(["--checkpoint", str(policy), "--dataset", "beauty2023", "--table", "ablation", "--limit", "2"])
     with pytest.raises(SystemExit, match="does not have"):
-        evaluate.main(["--checkpoint", str(policy), "--dataset", "beauty2023", "--limit", "2", "--tool-set",
+        evaluate.main(["--checkpoint", str(policy), "--dataset", "beauty2023", "--limit", "2", "--tools",
                        "get_user_profile", "--disable-tool", "get_similar_users"])
 
 
@@ -220,8 +220,8 @@ def test_the_first_command_in_results_md_runs_and_writes_every_field(policy, tmp
             args[args.index(flag) + 1] = value
         else:
             args += [flag, value]
-    args += ["--frozen", str(policy), "--max-turn-tokens", "8", "--max-context", "1500", "--max-title-chars", "16",
-             "--tool-set", "get_user_profile", "--threads", "1"]
+    args += ["--frozen", str(policy), "--max-turn-tokens", "8", "--max-context", "4096",
+             "--tools", "get_user_profile", "--threads", "1"]
     evaluate.main(args)
     saved = json.loads((tmp_path / "main.json").read_text())
     assert {"agent", "random", "popularity", "co-occurrence", "SASRec", "frozen policy, no tools",
@@ -231,12 +231,12 @@ def test_the_first_command_in_results_md_runs_and_writes_every_field(policy, tmp
 
 def test_ablation_and_per_tool_tables_have_their_rows(policy):
     small = ["--checkpoint", str(policy), "--dataset", "beauty2023", "--limit", "2", "--max-turn-tokens", "4",
-             "--max-context", "1500", "--max-title-chars", "16", "--threads", "1"]
-    ablation = evaluate.main(small + ["--table", "ablation", "--frozen", str(policy), "--tool-set", "get_user_profile"])
+             "--max-context", "4096", "--threads", "1"]
+    ablation = evaluate.main(small + ["--table", "ablation", "--frozen", str(policy), "--tools", "get_user_profile"])
     assert list(ablation["rows"]) == ["frozen, reasoning only", "frozen, with tools", "trained, reasoning only",
                                       "trained, with tools"]
-    tools = evaluate.main(small + ["--table", "tools", "--tool-set", "get_user_profile,item_info_search"])
+    tools = evaluate.main(small + ["--table", "tools", "--tools", "get_user_profile,item_info_search"])
     assert list(tools["rows"]) == ["all tools", "without get_user_profile", "without item_info_search"]
-    no_tools = evaluate.main(small + ["--no-tools", "--tool-set", "get_user_profile"])
+    no_tools = evaluate.main(small + ["--tools", "none"])
     assert list(no_tools["rows"]) == ["agent, no tools"]
     assert no_tools["rows"]["agent, no tools"]["agent"]["tool_calls_per_request"] == 0.0

@@ -14,11 +14,12 @@ passes the invariance tests (1 rank = 4 ranks, resume = uninterrupted); it fails
 import pytest
 import torch
 
-import train_grpo
 from agenticrec import distributed as D
 from agenticrec.agent import Trajectory
 from agenticrec.data import Instance
 from agenticrec.model import Qwen3, Qwen3Config
+from agenticrec.trainer import (GroupBatch, Objective, Sampling, collect_groups, group_tensors, update,
+                                update_metrics)
 
 SINGLE = D.DistInfo(0, 1, 0, torch.device("cpu"), None)
 INSTANCE = Instance("u", [1, 2], 3, [3, 4, 5], position=2)
@@ -37,7 +38,8 @@ def trajectory(prompt: list[int], turns: list[tuple[list[int], int]], reward: fl
     for chunk, sampled in turns:
         ids += chunk
         mask += [sampled] * len(chunk)
-    t = Trajectory(INSTANCE, 0, ids, mask, [0.0] * len(ids), len(prompt))
+    logprobs = [-0.1 * (j % 7) * m for j, m in enumerate(mask)]  # a sampler's log-probs: 0 where not sampled
+    t = Trajectory(INSTANCE, 0, ids, mask, logprobs, len(prompt))
     t.reward = reward
     return t
 
@@ -73,7 +75,7 @@ def run_update(groups, weights, cfg, model_seed=0, lr=1.0):
     model, ref = tiny_model(model_seed), tiny_model(model_seed + 1)
     start = [p.detach().clone() for p in model.parameters()]
     optimizer = RecordingSGD(model.parameters(), lr)
-    stats = train_grpo.update(model, ref if cfg.kl_coef else None, optimizer, groups, weights, cfg, SINGLE)
+    stats = update(model, ref if cfg.kl_coef else None, optimizer, GroupBatch(groups, weights, []), cfg, SINGLE)
     return optimizer.grads, start, ref, stats
 
 
@@ -121,8 +123,9 @@ def formula_gradient(params, ref, groups, weights, cfg, old_params=None) -> list
     return list(torch.autograd.grad(total / normalizer, list(model.parameters())))
 
 
-def config(**overrides) -> train_grpo.Config:
-    return train_grpo.Config(**{"kl_coef": 0.05, "temperature": 0.7, "grad_clip": 1e9, **overrides})
+def config(**overrides) -> Objective:
+    return Objective(**{"advantage": "mean", "aggregation": "token_mean", "clip_eps": 0.2, "kl_coef": 0.05,
+                        "kl_estimator": "k3", "temperature": 0.7, "mu": 1, "grad_clip": 1e9, **overrides})
 
 
 def assert_same(grads, expected):
@@ -158,6 +161,19 @@ def test_update_with_mu_2_clips_against_the_first_pass():
     assert ((ratios - 1).abs() > cfg.clip_eps).any()  # the clip acts on some sampled tokens
 
 
+def test_the_logged_sampler_gap_is_the_mean_absolute_log_prob_difference():
+    """sampler_logp_gap: mean |log pi_trainer - log pi_sampler| over the sampled tokens, at the first pass."""
+    groups, cfg = groups_for_test(), config()
+    _, start, _, stats = run_update(groups, [1.0] * len(groups), cfg)
+    model, total, tokens = model_at(start), 0.0, 0.0
+    for t in (t for group in groups for t in group):
+        mask = torch.tensor(t.mask[1:], dtype=torch.float)  # position j scores ids[j + 1]
+        with torch.no_grad():
+            gap = full_logprobs(model, t, cfg.temperature) - torch.tensor(t.logprobs[1:])
+        total, tokens = total + float((gap.abs() * mask).sum()), tokens + float(mask.sum())
+    assert update_metrics(stats, SINGLE)["sampler_logp_gap"] == pytest.approx(total / tokens, rel=1e-5)
+
+
 def test_update_clips_the_gradient_norm():
     """With --grad-clip below the gradient's norm, the step takes the formula's gradient scaled to that norm."""
     groups, cfg = groups_for_test(), config(grad_clip=1e-3)
@@ -185,9 +201,12 @@ def test_trainer_mask_is_the_rollout_mask_after_the_prompt_padded():
     prompt = [5, 6, 7, 8]
     group = [trajectory(prompt, [([10, 11], 1), ([12, 13, 14], 0), ([15], 1)], 0.0),
              trajectory(prompt, [([20], 1)], 0.0)]
-    ids, continuations, mask = train_grpo._group_tensors(group, torch.device("cpu"))
-    assert ids == prompt and continuations == [[10, 11, 12, 13, 14, 15], [20]]
-    assert mask.tolist() == [[1, 1, 0, 0, 0, 1], [1, 0, 0, 0, 0, 0]]
+    g = group_tensors(group, torch.device("cpu"))
+    assert g.prompt == prompt and g.continuations == [[10, 11, 12, 13, 14, 15], [20]]
+    assert g.mask.tolist() == [[1, 1, 0, 0, 0, 1], [1, 0, 0, 0, 0, 0]]
+    # the sampler's log-probs of the same positions: trajectory() gives position j the value -0.1 * (j % 7)
+    expected = [[-0.4, -0.5, 0.0, 0.0, 0.0, -0.2], [-0.4, 0.0, 0.0, 0.0, 0.0, 0.0]]
+    torch.testing.assert_close(g.sampler_logp, torch.tensor(expected))
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -231,10 +250,10 @@ REWARDS = {"mixed": [0.5, -0.5], "negative": [-1.0, -0.5], "equal": [0.3, 0.3], 
 def collect(drop_all_equal: bool, refill_rounds: int = 1):
     instances = [Instance(u, [1], 2, [2, 3], position=1) for u in ("mixed", "negative", "equal", "spread", "invalid")]
     rollout = FixedRewardRollout(REWARDS)
-    cfg = train_grpo.Config(batch_size=3, group_size=2, refill_rounds=refill_rounds, drop_all_equal=drop_all_equal)
-    groups, weights, trajectories, dropped, padded = train_grpo.collect_groups(rollout, ListStream(instances), cfg,
-                                                                               0, SINGLE)
-    return [g[0].instance.user for g in groups], weights, len(trajectories), dropped, padded, rollout.calls
+    sampling = Sampling(groups_per_rank=3, group_size=2, drop_all_negative=True, drop_all_equal=drop_all_equal,
+                        refill_rounds=refill_rounds, rollout_groups=0, seed=0)
+    b = collect_groups(rollout, ListStream(instances), sampling, 0, SINGLE)
+    return [g[0].instance.user for g in b.groups], b.weights, len(b.trajectories), b.dropped, b.padded, rollout.calls
 
 
 def test_dynamic_sampling_drops_all_negative_groups_and_refills():

@@ -95,10 +95,11 @@ def test_logistic_loss_through_the_model_equals_the_formula(tokenizer):
         loss, _ = bidirectional_loss(more, less)
         expected = [loglik(p, answers[r]) - loglik(p, answers[w]) for p, r, w in zip(prompts, correct_more, "BA")]
         expected_less = [loglik(p, answers[r]) - loglik(p, answers[w]) for p, r, w in zip(prompts, correct_less, "AB")]
-    # the training path scores in float32 (log-softmax of .float() logits), the reference in float64
-    torch.testing.assert_close(more.double(), torch.stack(expected), rtol=0, atol=1e-5)
+    # the training path scores in float32 (log-softmax of .float() logits), the reference in float64: a margin sums
+    # ~15 tokens' float32 log-probs (rounding ~1e-5 on some CPUs); a sign or token error is of the margin's size (~0.1)
+    torch.testing.assert_close(more.double(), torch.stack(expected), rtol=0, atol=5e-5)
     formula = sum(math.log1p(math.exp(-float(d))) for d in expected + expected_less) / 2
-    assert loss.item() == pytest.approx(formula, abs=1e-5)
+    assert loss.item() == pytest.approx(formula, abs=5e-5)
 
 
 def trajectory(target, ranking):

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agenticrec.data import Dataset, Instance, Sequence
-from agenticrec.tools import TOOLS, Toolbox, ToolContext, context_for, ordering_of
+from agenticrec.tools import TOOLS, Toolbox, ToolContext, context_for
 
 ITEMS = [
     {"id": 0, "title": "Halo 3", "categories": ["Games", "Shooter"], "brand": "Microsoft", "price": 20.0,
@@ -90,7 +90,7 @@ def test_item_info_search_by_title_fuzzy_title_and_candidate_number(box):
 def test_candidates_analyze(box):
     assert call(box, "candidates_analyze") == (
         "Racing (2): [4] $50, [5] $40\nPlatformer (1): [1] $60\nAdventure (1): [2]\nPuzzle (1): [3]\n"
-        "Past interactions, most first: 2, 1, 1, 1, 0\nCandidates by popularity, best first: 4, 1, 2, 5, 3")
+        "Past interactions, most first: 2, 1, 1, 1, 0")
 
 
 def test_get_session_behavior(box):
@@ -107,18 +107,15 @@ def test_get_rating_behavior(box):
 def test_get_similar_items(box):
     assert call(box, "get_similar_items", item_title="Mario Kart 8") == (
         "Most similar to [4] Mario Kart 8: [1] Super Mario Odyssey; [5] Forza Horizon; [2] Zelda Breath of the "
-        "Wild.\nCosine, most similar first: 1.00, 0.97, 0.71, 0.60, 0.00\n"
-        "Candidates by similarity, best first: 4, 1, 5, 2, 3")  # the item itself is candidate 4: listed, first
+        "Wild.\nCosine, most similar first: 1.00, 0.97, 0.71, 0.60, 0.00")
 
 
 def test_get_similar_users(box):
     # ann is excluded from her own neighbours; cat (recent train items 0 7 1, cosine 0.91 to ann's mean vector)
-    # comes before bob (3 5 0, cosine 0.73); Halo 3 is in both. ann's taste = mean of her history's vectors,
-    # proportional to (3.2, 1.6, 0.3); cosine to the candidates' items 3 5 6 2 4: 0.55 0.33 0.08 0.45 0.95
+    # comes before bob (3 5 0, cosine 0.73); Halo 3 is in both.
     assert call(box, "get_similar_users") == (
         "Recent items of the 5 most similar users: Halo 3; Doom Eternal; Halo Reach; [1] Super Mario Odyssey; "
-        "[2] Zelda Breath of the Wild.\nCandidates among them: [1] x1, [2] x1.\n"
-        "Candidates by similar users' taste, best first: 5, 1, 4, 2, 3")
+        "[2] Zelda Breath of the Wild.\nCandidates among them: [1] x1, [2] x1.")
 
 
 def test_datasets_without_ratings_or_categories_say_so(box):
@@ -129,8 +126,7 @@ def test_datasets_without_ratings_or_categories_say_so(box):
         item.pop("categories", None)
     plain = Toolbox(data, None)
     assert plain.call("candidates_analyze", {}, CTX).text == (
-        "No categories in this dataset.\nPast interactions, most first: 2, 1, 1, 1, 0\n"
-        "Candidates by popularity, best first: 4, 1, 2, 5, 3")
+        "No categories in this dataset.\nPast interactions, most first: 2, 1, 1, 1, 0")
     assert "get_similar_items" not in plain.names  # no SASRec: the collaborative tools are not offered
 
 
@@ -185,43 +181,3 @@ def test_schemas_are_qwen3_tool_format(box):
     assert [s["function"]["name"] for s in schemas] == [t.name for t in TOOLS]
     assert all(s["type"] == "function" and s["function"]["parameters"]["type"] == "object" for s in schemas)
     json.dumps(schemas)
-
-
-def test_llm_profiles_are_generated_cached_and_served(tmp_path, box):
-    from agenticrec.engine import generate
-    from agenticrec.model import Qwen3, Qwen3Config
-    from agenticrec.tokenizer import render_chat, train_bpe_tokenizer
-    from agenticrec.tools import PROFILE_PROMPT, load_profiles, profile_key, write_llm_profiles
-
-    tokenizer = train_bpe_tokenizer(["Halo 3 Mario Kart Zelda preferences"] * 20, tmp_path / "tok", vocab_size=300)
-    torch.manual_seed(0)
-    model = Qwen3(Qwen3Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                              num_attention_heads=2, num_key_value_heads=1, head_dim=16)).eval()
-    x = Instance("ann", [0, 1, 7, 4, 2], 3, [3, 5, 6, 2, 4], position=5)
-    assert write_llm_profiles(box.data, [x, x], model, tokenizer, tmp_path / "p.jsonl.gz", max_new_tokens=8) == 1
-    profiles = load_profiles(tmp_path / "p.jsonl.gz")
-    ctx = context_for(x, box.data)
-    prompt = render_chat(tokenizer, [{"role": "user", "content": PROFILE_PROMPT.format(
-        history="\n".join(f"- {box.data.title(i)}" for i in x.history))}])
-    ids = generate(model, [prompt], 8, stop_token_ids=[tokenizer.eos_token_id])[0]
-    expected = tokenizer.decode([i for i in ids if i != tokenizer.eos_token_id]).strip()
-    assert profiles == {profile_key(ctx): expected}
-    served = Toolbox(box.data, FakeSASRec(), profiles=profiles).call("get_user_profile", {}, ctx)
-    assert served.text == expected[:1500] and served.error is None
-
-
-def test_ordering_of_reads_the_last_line_only(box):
-    assert ordering_of("x\nCandidates by popularity, best first: 4, 1, 2, 5, 3") == [4, 1, 2, 5, 3]
-    assert ordering_of("Candidates by popularity, best first: 4, 1\nsomething else") is None
-    assert ordering_of("error: no such item") is None
-    assert ordering_of(call(box, "get_similar_users")) == [5, 1, 4, 2, 3]
-
-
-def test_tool_ordering_scorer_copies_the_tool_order(box):
-    from agenticrec.baselines import rankings, tool_ordering_scorer
-    instance = Instance("ann", CTX.history, CTX.candidates[1], CTX.candidates, position=5)
-    [ranked] = rankings([instance], tool_ordering_scorer(box.data, box, "candidates_analyze")([instance]),
-                        box.popularity)
-    assert ranked == [CTX.candidates[n - 1] for n in (4, 1, 2, 5, 3)]
-    with pytest.raises(ValueError, match="does not end with an ordering"):
-        tool_ordering_scorer(box.data, box, "get_session_behavior")([instance])

@@ -17,8 +17,8 @@ from grpo_fakes import fake_collect_groups, tiny_config, tiny_policy_folder, wor
 
 HERE = Path(__file__).resolve().parent
 SMALL = ["--dataset", "beauty2023", "--batch-size", "4", "--group-size", "2", "--max-turn-tokens", "8",
-         "--max-context", "1500", "--eval-instances", "4", "--tools", "get_user_profile", "--threads", "1",
-         "--max-title-chars", "16", "--kl-coef", "0.01", "--lr", "1e-2", "--warmup-steps", "2"]
+         "--max-context", "4096", "--eval-instances", "4", "--tools", "get_user_profile", "--threads", "1",
+         "--profiles", "none", "--kl-coef", "0.01", "--lr", "1e-2", "--warmup-steps", "2"]
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 report has every field. (A random policy's rollouts are all invalid, so pairs come from random negatives.)"""
 
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,8 +12,8 @@ from agenticrec.ppr import LESS, MORE, random_pairs, read_pairs
 from grpo_fakes import tiny_config, tiny_policy_folder, worker_weights
 
 SMALL = ["--dataset", "beauty2023", "--batch-size", "4", "--group-size", "2", "--max-turn-tokens", "8",
-         "--max-context", "1500", "--eval-instances", "4", "--tools", "get_user_profile", "--threads", "1",
-         "--max-title-chars", "16", "--lr", "1e-2", "--warmup-steps", "2", "--mine-instances", "12",
+         "--max-context", "4096", "--eval-instances", "4", "--tools", "get_user_profile", "--threads", "1",
+         "--lr", "1e-2", "--warmup-steps", "2", "--mine-instances", "12",
          "--valid-mine-instances", "6", "--eval-chunk", "8"]
 
 
@@ -129,7 +128,7 @@ def test_logistic_update_gradient_is_the_prop_4_2_formula(policy, replay_coef):
     cfg = train_ppr.Config(temperature=0.8, grad_clip=1e9, replay_coef=replay_coef)
     optimizer = RecordingSGD(model.parameters(), lr=1.0)
     start = [p.detach().clone() for p in model.parameters()]
-    train_ppr.logistic_update(model, optimizer, SimpleNamespace(tokenizer=tokenizer), tasks, contexts,
+    train_ppr.logistic_update(model, optimizer, tokenizer, tasks, contexts,
                               replay if replay_coef else [], cfg, SINGLE)
 
     reference = load_pretrained(policy)
@@ -164,8 +163,11 @@ def test_two_gloo_ranks_equal_one_process_for_the_logistic_objective(tmp_path):
     one, two = worker_weights(tmp_path, "logistic", ranks=2)
     torch.manual_seed(0)
     start = Qwen3(tiny_config()).state_dict()
-    assert max(float((one[k] - start[k]).abs().max()) for k in one) > 1e-4
-    assert max(float((one[k] - two[k]).abs().max()) for k in one) <= 1e-6
+    moved = max(float((one[k] - start[k]).abs().max()) for k in one)
+    assert moved > 1e-4
+    # float32 sums in another order (a reduce-scatter) differ by rounding, ~1e-6 of the weights on some CPUs; a
+    # per-rank mean instead of the global one would be off by a factor of 2, i.e. by the size of the step itself
+    assert max(float((one[k] - two[k]).abs().max()) for k in one) <= 1e-3 * moved
 
 
 def test_the_scoring_context_ends_where_the_last_sampled_turn_begins():
@@ -173,6 +175,6 @@ def test_the_scoring_context_ends_where_the_last_sampled_turn_begins():
     cut where the final (answer) turn's sampled tokens begin."""
     #       prompt    call     observation answer
     mask = [0, 0, 0] + [1, 1] + [0, 0] + [1, 1, 1]
-    assert train_ppr._last_turn_start(mask) == 7
-    assert train_ppr._last_turn_start([0, 0, 1]) == 2 and train_ppr._last_turn_start([0, 0]) == 2
-    assert train_ppr._last_turn_start([1, 1]) == 0
+    assert train_ppr.last_turn_start(mask) == 7
+    assert train_ppr.last_turn_start([0, 0, 1]) == 2 and train_ppr.last_turn_start([0, 0]) == 2
+    assert train_ppr.last_turn_start([1, 1]) == 0

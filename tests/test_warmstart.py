@@ -9,7 +9,7 @@ import pytest
 
 from agenticrec.agent import AgentConfig, Rollout
 from agenticrec.engine import Engine
-from agenticrec.tools import Toolbox, ordering_of
+from agenticrec.preset import PresetToolbox, ordering_of
 from agenticrec.warmstart import EXPERT_TRUST, copy_drill, expert_trajectory, sft_loss
 from test_agent import INSTANCE, ScriptedModel
 from test_tools import FakeSASRec, tiny
@@ -19,7 +19,8 @@ CFG = AgentConfig(answer_length=5, temperature=0.0, max_turn_tokens=200, max_con
 
 @pytest.fixture(scope="module")
 def box():
-    return Toolbox(tiny(), FakeSASRec(), enabled=("candidates_analyze", "get_similar_items", "get_similar_users"))
+    return PresetToolbox(tiny(), FakeSASRec(), enabled=("candidates_analyze", "get_similar_items",
+                                                          "get_similar_users"))
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -47,7 +48,7 @@ def test_expert_trusts_tools_at_the_documented_rates(tokenizer, box):
 
 
 def test_expert_needs_a_ranking_tool(tokenizer):
-    profile_only = Toolbox(tiny(), FakeSASRec(), enabled=("get_user_profile",))
+    profile_only = PresetToolbox(tiny(), FakeSASRec(), enabled=("get_user_profile",))
     with pytest.raises(ValueError, match="needs one of the ranking tools"):
         expert_trajectory(tokenizer, profile_only.data, profile_only, INSTANCE, CFG, random.Random(0))
 

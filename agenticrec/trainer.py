@@ -1,0 +1,376 @@
+"""The training machinery both stages share: the run's start, the data stream, rollouts with dynamic sampling, the
+GRPO update, greedy evaluation and the logged statistics. ``train_grpo.py`` and ``train_ppr.py`` are the loops
+around it; ``agenticrec/checkpoint.py`` saves and resumes them.
+
+    collect_groups  ──> GroupBatch (G trajectories per instance; groups without signal dropped and refilled)
+    update          ──> Objective applied: group advantages, grpo_loss over the GLOBAL batch, one optimiser step
+    evaluate        ──> greedy rollouts on fixed instances: metrics reduced over ranks, every instance's rank
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from agenticrec import distributed as D
+from agenticrec.agent import (CONTEXT_LIMIT, TOOL_BUDGET_EXCEEDED, TOOLS_DISABLED, TURN_TOKEN_LIMIT, AgentConfig,
+                              Rollout, Trajectory)
+from agenticrec.data import Dataset, load_instances
+from agenticrec.grpo import advantage_stats, group_advantages, grpo_loss, keep_group
+from agenticrec.model import load_pretrained
+from agenticrec.parsing import Reason
+from agenticrec.policy import group_logprobs
+from agenticrec.reward import ranking_metrics
+from agenticrec.sasrec import load_or_train
+from agenticrec.tools import TOOLS, Toolbox
+
+log = logging.getLogger("agenticrec.trainer")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Setup
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def start_run(threads: int, out: str) -> tuple[D.DistInfo, Path]:
+    """Logging, pinned threads, the process group and the output folder: the start of every training script."""
+    warnings.filterwarnings("ignore", message=".*assuming the intent is to (save|load) in a single process")
+    warnings.filterwarnings("ignore", message=".*lr_scheduler.step\\(\\)` before `optimizer.step\\(\\)")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_num_threads(threads)
+    info = D.init_distributed()
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    return info, folder
+
+
+def make_toolbox(data: Dataset, tools: str, toolbox_class=Toolbox) -> Toolbox:
+    """The toolbox over ``data`` with SASRec fitted on its train split; ``tools`` is "all", "none" (every tool is
+    built; the agent is told of none) or a comma list."""
+    enabled = None if tools in ("all", "none") else tuple(tools.split(","))
+    unknown = set(enabled or ()) - {t.name for t in TOOLS}
+    if unknown:
+        raise SystemExit(f"error: unknown tool(s) in --tools: {', '.join(sorted(unknown))}")
+    return toolbox_class(data, load_or_train(data, load_instances(data.name, "valid")), enabled=enabled)
+
+
+def agent_config(cfg, temperature: float | None = None) -> AgentConfig:
+    """The rollout settings a script's Config names (its ``tools``, ``max_tool_calls``, ``max_turn_tokens``,
+    ``max_context`` and ``temperature``, unless one is given)."""
+    return AgentConfig(max_tool_calls=cfg.max_tool_calls, max_turn_tokens=cfg.max_turn_tokens,
+                       max_context=cfg.max_context, use_tools=cfg.tools != "none",
+                       temperature=cfg.temperature if temperature is None else temperature)
+
+
+def load_policy(folder: str, dtype: str, info: D.DistInfo):
+    """(model, tokenizer) of a Hugging Face Qwen3 folder. Under FSDP the weights load in fp32: FSDP keeps fp32
+    master weights and casts to ``dtype`` for compute."""
+    from agenticrec.tokenizer import load_tokenizer
+    weights = torch.float32 if info.world > 1 else getattr(torch, dtype)
+    return load_pretrained(folder, dtype=weights, device=info.device), load_tokenizer(folder)
+
+
+def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """The reference policy: a copy of ``model`` in eval mode with no gradients."""
+    ref = copy.deepcopy(model).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
+def warmup_schedule(optimizer, warmup_steps: int):
+    """Linear learning-rate warm-up over ``warmup_steps``, then constant."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup_steps)))
+
+
+class MetricsLog:
+    """metrics.jsonl of a run, written by rank 0 only, one JSON record per line, flushed at once."""
+
+    def __init__(self, path: Path, info: D.DistInfo):
+        self.file = open(path, "a") if info.is_main else None
+
+    def write(self, record: dict) -> None:
+        if self.file is not None:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Rollouts with dynamic sampling
+# ------------------------------------------------------------------------------------------------------------------
+
+
+class DataStream:
+    """This rank's train instances, in an order fixed by (seed, epoch); ``position`` is saved in checkpoints."""
+
+    def __init__(self, instances, seed: int, info: D.DistInfo):
+        self.instances, self.seed, self.info, self.position = instances, seed, info, 0
+
+    def take(self, n: int):
+        out = []
+        for _ in range(n):
+            epoch, index = divmod(self.position * self.info.world + self.info.rank, len(self.instances))
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.instances))
+            out.append(self.instances[order[index]])
+            self.position += 1
+        return out
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How one step's groups are drawn (dynamic sampling, docs/grpo.md)."""
+
+    groups_per_rank: int  # the batch size over all ranks / ranks
+    group_size: int  # G rollouts per instance
+    drop_all_negative: bool  # drop groups whose rewards are all negative
+    drop_all_equal: bool  # drop groups with zero reward variance
+    refill_rounds: int  # extra rollout rounds to refill dropped groups
+    rollout_groups: int  # groups per engine call; 0 = all of them at once
+    seed: int
+
+    @classmethod
+    def of(cls, cfg, info: D.DistInfo) -> "Sampling":
+        """From a script's Config (``batch_size`` over all ranks and the fields of the same names)."""
+        return cls(groups_per_rank=cfg.batch_size // info.world, group_size=cfg.group_size,
+                   drop_all_negative=cfg.drop_all_negative, drop_all_equal=cfg.drop_all_equal,
+                   refill_rounds=cfg.refill_rounds, rollout_groups=cfg.rollout_groups, seed=cfg.seed)
+
+
+@dataclass
+class GroupBatch:
+    """This rank's groups for one step. ``weights`` is 1 for a kept group and 0 for a padded one (a dropped group
+    re-used so that every rank runs the same forward passes; it carries no loss)."""
+
+    groups: list[list[Trajectory]]
+    weights: list[float]
+    trajectories: list[Trajectory]  # every trajectory rolled out this step, kept or dropped (for the logs)
+    dropped: int = 0
+    padded: int = 0
+
+
+def collect_groups(rollout: Rollout, stream: DataStream, sampling: Sampling, step: int, info: D.DistInfo) -> GroupBatch:
+    """Roll out, drop uninformative groups, refill; pad what could not be filled with zero-weight groups."""
+    need, G = sampling.groups_per_rank, sampling.group_size
+    kept, dropped, all_trajectories = [], [], []
+    for round_ in range(1 + sampling.refill_rounds):
+        instances = stream.take(need - len(kept))
+        chunk = sampling.rollout_groups or len(instances)
+        trajectories = []
+        for c in range(0, len(instances), chunk):
+            key = f"{sampling.seed}-{step}-{info.rank}-{round_}-{c}"
+            seed = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
+            trajectories += rollout.run(instances[c:c + chunk], group_size=G, seed=seed)
+        all_trajectories += trajectories
+        groups = [trajectories[g * G:(g + 1) * G] for g in range(len(instances))]
+        rewards = torch.tensor([[t.reward for t in group] for group in groups])
+        keep = keep_group(rewards, sampling.drop_all_negative, sampling.drop_all_equal)
+        kept += [g for g, k in zip(groups, keep) if k]
+        dropped += [g for g, k in zip(groups, keep) if not k]
+        if len(kept) == need:
+            break
+    padded = max(0, need - len(kept))
+    return GroupBatch(kept + dropped[:padded], [1.0] * len(kept) + [0.0] * padded, all_trajectories, len(dropped),
+                      padded)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The update
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The GRPO objective and the optimiser step around it (``agenticrec.grpo.grpo_loss``, docs/grpo.md)."""
+
+    advantage: str  # mean (paper) | std | rloo
+    aggregation: str  # token_mean | sequence_mean, over the global batch
+    clip_eps: float
+    kl_coef: float  # beta
+    kl_estimator: str  # k1 | k2 | k3
+    temperature: float  # the sampling temperature: log-probs are taken at it
+    mu: int  # optimiser steps per rollout batch (1: the ratio is exactly 1)
+    grad_clip: float
+
+    @classmethod
+    def of(cls, cfg) -> "Objective":
+        """From a script's Config (the fields of the same names)."""
+        return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)})
+
+
+@dataclass
+class GroupTensors:
+    """One group as the update reads it: the shared prompt, each trajectory's ids after it, their loss mask and
+    the sampler's log-probs of those ids ([G, L], 0 where the mask is 0 or past a row's end)."""
+
+    prompt: list[int]
+    continuations: list[list[int]]
+    mask: torch.Tensor
+    sampler_logp: torch.Tensor
+
+
+def group_tensors(group: list[Trajectory], device) -> GroupTensors:
+    prompt = group[0].ids[:group[0].prompt_len]
+    continuations = [t.ids[t.prompt_len:] for t in group]
+    L = max(len(c) for c in continuations)
+    pad = [[0] * (L - len(c)) for c in continuations]
+    mask = torch.tensor([t.mask[t.prompt_len:] + p for t, p in zip(group, pad)], dtype=torch.float, device=device)
+    sampler = torch.tensor([t.logprobs[t.prompt_len:] + p for t, p in zip(group, pad)], device=device)
+    return GroupTensors(prompt, continuations, mask, sampler)
+
+
+def update(model, ref_model, optimizer, batch: GroupBatch, objective: Objective, info: D.DistInfo) -> dict:
+    """``objective.mu`` optimiser steps on this rank's groups; the loss normaliser is global (all-reduced), so the
+    gradient does not depend on how groups are spread over ranks. Returns this rank's sums (``update_metrics``
+    reduces them)."""
+    rewards = torch.tensor([[t.reward for t in group] for group in batch.groups])
+    advantages = group_advantages(rewards, objective.advantage)
+    tensors = [group_tensors(group, info.device) for group in batch.groups]
+    counts = [float(g.mask.sum()) if objective.aggregation == "token_mean" else float(len(g.continuations))
+              for g in tensors]
+    local = sum(w * c for w, c in zip(batch.weights, counts))  # padded (zero-weight) groups do not dilute the mean
+    normalizer = D.all_reduce_sum([local], info)[0] / info.world
+    if normalizer == 0:  # every group on every rank was dropped: nothing to learn from (the same on all ranks)
+        return {"skipped_update": 1.0, "loss": 0.0, "kl_sum": 0.0, "clip_sum": 0.0, "tokens": 0.0,
+                "neg_logp_sum": 0.0, "sampler_gap_sum": 0.0, "grad_norm": 0.0}
+    old = _logprobs(model, tensors, objective.temperature) if objective.mu > 1 else None
+    refs = _logprobs(ref_model, tensors, objective.temperature) if ref_model is not None else [None] * len(tensors)
+    metrics = Counter()
+    for epoch in range(objective.mu):
+        optimizer.zero_grad(set_to_none=True)
+        for i, g in enumerate(tensors):
+            logp = group_logprobs(model, g.prompt, g.continuations, objective.temperature, g.mask)
+            loss_mask = g.mask * batch.weights[i]  # a padded group carries no loss: neither its advantages nor its KL
+            loss, m = grpo_loss(logp, old[i] if old is not None else logp.detach(), advantages[i].to(logp.device),
+                                loss_mask, normalizer, refs[i], objective.clip_eps, objective.kl_coef,
+                                objective.kl_estimator, objective.aggregation)
+            loss.backward()
+            metrics.update(_loss_sums(loss, m, logp, loss_mask, g, first_pass=epoch == 0))
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), objective.grad_clip)
+        if not torch.isfinite(grad_norm):  # never let one bad batch poison the weights; counted in the logs
+            log.warning("non-finite gradient norm; update skipped")
+            metrics["nonfinite_skipped"] += 1
+            continue
+        optimizer.step()
+    metrics["grad_norm"] = float(grad_norm)
+    trained = advantages * torch.tensor(batch.weights)[:, None]  # what the loss sees: 0 for a padded group
+    metrics.update({f"adv_{k}": v for k, v in advantage_stats(trained, rewards).items()})
+    return dict(metrics)
+
+
+def _logprobs(model, tensors: list[GroupTensors], temperature: float) -> list[torch.Tensor]:
+    """Each group's log-probs under ``model`` without gradients (pi_old for mu > 1, or the reference policy)."""
+    with torch.no_grad():
+        return [group_logprobs(model, g.prompt, g.continuations, temperature, g.mask) for g in tensors]
+
+
+def _loss_sums(loss, m: dict, logp, loss_mask, g: GroupTensors, first_pass: bool) -> dict:
+    """One group's contribution to the logged sums. ``sampler_gap_sum``: |trainer - sampler| log-prob of the
+    sampled tokens at the first pass (before any step): 0 up to kernel noise when rollout and training agree, large
+    when they do not (a bf16 rollout copy, a stale copy, a mask or temperature mismatch)."""
+    tokens = m["tokens"]
+    sums = {"loss": loss.item(), "kl_sum": m["kl"] * tokens, "clip_sum": m["clip_frac"] * tokens, "tokens": tokens,
+            "neg_logp_sum": float(-(logp.detach() * loss_mask).sum())}
+    if first_pass:
+        sums["sampler_gap_sum"] = float(((logp.detach() - g.sampler_logp).abs() * loss_mask).sum())
+    return sums
+
+
+def update_metrics(stats: dict, info: D.DistInfo) -> dict:
+    """``update``'s sums reduced over ranks into per-token means: the loss, KL, clip fraction, Monte-Carlo entropy
+    (mean -log pi of the sampled tokens) and the sampler-vs-trainer log-prob gap."""
+    names = ["loss", "kl_sum", "clip_sum", "tokens", "neg_logp_sum", "sampler_gap_sum", "skipped_update",
+             "nonfinite_skipped"]
+    s = dict(zip(names, D.all_reduce_sum([float(stats.get(k, 0.0)) for k in names], info)))
+    tokens = max(1.0, s["tokens"])
+    return {"skipped_update": s["skipped_update"] > 0, "nonfinite_skipped": s["nonfinite_skipped"],
+            "loss": s["loss"], "kl": s["kl_sum"] / tokens, "clip_frac": s["clip_sum"] / tokens,
+            "entropy_mc": s["neg_logp_sum"] / tokens, "sampler_logp_gap": s["sampler_gap_sum"] / tokens,
+            "grad_norm": stats["grad_norm"], **{k: v for k, v in stats.items() if k.startswith("adv_")}}
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Greedy evaluation and statistics
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def greedy_rollout(rollout: Rollout) -> Rollout:
+    """The same rollout (engine, tools, budgets) with greedy decoding."""
+    return Rollout(rollout.engine, rollout.tokenizer, rollout.data, rollout.toolbox,
+                   dataclasses.replace(rollout.cfg, temperature=0.0))
+
+
+def greedy_run(rollout: Rollout, instances, chunk: int, desc: str | None = None) -> list[Trajectory]:
+    """Greedy trajectories of ``instances``, ``chunk`` per engine call (bounds the KV cache); a tqdm bar when
+    ``desc`` is given."""
+    greedy = greedy_rollout(rollout)
+    starts = tqdm(range(0, len(instances), chunk), desc=desc, leave=False, disable=desc is None)
+    return [t for c in starts for t in greedy.run(instances[c:c + chunk])]
+
+
+def evaluate(rollout: Rollout, instances, info: D.DistInfo, chunk: int = 250) -> tuple[dict, list[int]]:
+    """Greedy rollouts on fixed instances (split over ranks, ``chunk`` per engine call): metrics summed over
+    ranks, and every instance's target rank in order (0 = absent or invalid; for paired comparisons)."""
+    trajectories = greedy_run(rollout, instances[info.rank::info.world], chunk)
+    ranks = [0.0] * len(instances)
+    for i, t in zip(range(info.rank, len(instances), info.world), trajectories):
+        ranks[i] = float(t.rank or 0)
+    return summarize(trajectories, info, prefix="eval_"), [int(r) for r in D.all_reduce_sum(ranks, info)]
+
+
+def evaluate_and_save(rollout: Rollout, instances, info: D.DistInfo, out: Path, step: int, chunk: int) -> dict:
+    """``evaluate``, with every instance's target rank kept in out/evals/step_N.json for paired comparisons."""
+    metrics, ranks = evaluate(rollout, instances, info, chunk)
+    if info.is_main:
+        (out / "evals").mkdir(exist_ok=True)
+        (out / "evals" / f"step_{step:06d}.json").write_text(json.dumps({"step": step, **metrics, "ranks": ranks}))
+    return metrics
+
+
+# every reason a trajectory can be invalid for: the parser's and the agent's own
+INVALID_REASONS = sorted({r.value for r in Reason} | {TOOL_BUDGET_EXCEEDED, TOOLS_DISABLED, TURN_TOKEN_LIMIT,
+                                                      CONTEXT_LIMIT})
+SUMMARY_KEYS = (["n", "reward", "valid", "truncated", "tool_calls", "tool_errors", "prompt", "generated",
+                 "observation", "H@1", "H@5", "H@10", "N@5", "N@10"] + [f"calls_{t.name}" for t in TOOLS]
+                + [f"last_{t.name}" for t in TOOLS] + [f"invalid_{r}" for r in INVALID_REASONS])
+
+
+def summarize(trajectories, info: D.DistInfo, prefix: str = "") -> dict:
+    """Rollout statistics, reduced over ranks: reward, metrics, invalid reasons, tool use, tokens."""
+    sums = Counter()
+    for t in trajectories:
+        sums.update({"n": 1, "reward": t.reward, "valid": t.invalid_reason is None,
+                     "truncated": t.invalid_reason in (TURN_TOKEN_LIMIT, CONTEXT_LIMIT),
+                     "tool_calls": len(t.tool_calls), "tool_errors": t.tool_errors, **t.tokens,
+                     **ranking_metrics(t.rank)})
+        sums.update(Counter(f"calls_{c.name}" for c in t.tool_calls))
+        if t.tool_calls:  # the observation the answer came after: which evidence the policy acted on
+            sums[f"last_{t.tool_calls[-1].name}"] += 1
+        if t.invalid_reason:
+            sums[f"invalid_{t.invalid_reason}"] += 1
+    totals = dict(zip(SUMMARY_KEYS, D.all_reduce_sum([float(sums[k]) for k in SUMMARY_KEYS], info)))
+    n = max(1.0, totals["n"])
+    out = {f"{prefix}{k}": totals[k] / n for k in SUMMARY_KEYS if k != "n"}
+    out[f"{prefix}tool_error_rate"] = totals["tool_errors"] / max(1.0, totals["tool_calls"])
+    out[f"{prefix}n"] = totals["n"]
+    return out
+
+
+def group_stats(trajectories, group_size: int, info: D.DistInfo) -> dict:
+    """Reward spread over every group rolled out this step (kept or dropped), reduced over ranks: a zero-std
+    group carries no learning signal, and a run where they dominate is not learning."""
+    rewards = torch.tensor([t.reward for t in trajectories]).view(-1, group_size)
+    s = D.all_reduce_sum([float(len(rewards)), float((rewards.std(-1) == 0).sum()) if group_size > 1 else
+                          float(len(rewards)), float(rewards.sum()), float((rewards ** 2).sum())], info)
+    n = max(1.0, s[0] * group_size)
+    return {"zero_std_groups": s[1] / max(1.0, s[0]), "reward_std": max(0.0, s[3] / n - (s[2] / n) ** 2) ** 0.5}

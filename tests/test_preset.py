@@ -1,0 +1,155 @@
+"""The CPU preset is a layer: the paper recipe meets none of it, the preset applies all of it explicitly, and a
+checkpoint carries it (train_config.json) to train_ppr.py and evaluate.py."""
+
+import dataclasses
+import json
+
+import pytest
+
+import evaluate
+import train_grpo
+import train_ppr
+from agenticrec import preset
+from agenticrec.agent import AgentConfig, user_message
+from agenticrec.data import Instance
+from agenticrec.preset import PresetToolbox, ordering_line, ordering_of, tool_ordering_scorer
+from agenticrec.tools import TOOLS, Toolbox, ToolContext
+from test_tools import CTX, FakeSASRec, tiny
+
+RANKING_CALLS = {"candidates_analyze": {}, "get_similar_items": {"item_title": "Mario Kart 8"},
+                 "get_similar_users": {}}
+
+
+@pytest.fixture(scope="module")
+def boxes():
+    return Toolbox(tiny(), FakeSASRec()), PresetToolbox(tiny(), FakeSASRec())
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Ordering lines exist only under the preset
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_the_preset_appends_each_ranking_tools_order_to_the_same_evidence(boxes):
+    paper, layered = boxes
+    # popularity (train counts) of the candidates 3 5 6 2 4: 1 1 0 2 1 -> 4, then 1 2 5 (ties: lower number), 3.
+    # similarity to Mario Kart 8 (candidate 4 itself first): 1.00 0.97 0.71 0.60 0.00 -> 4 1 5 2 3.
+    # ann's taste = mean of her history's vectors, proportional to (3.2, 1.6, 0.3); cosine to the candidates'
+    # items: 0.55 0.33 0.08 0.45 0.95 -> 5 1 4 2 3.
+    expected = {"candidates_analyze": "Candidates by popularity, best first: 4, 1, 2, 5, 3",
+                "get_similar_items": "Candidates by similarity, best first: 4, 1, 5, 2, 3",
+                "get_similar_users": "Candidates by similar users' taste, best first: 5, 1, 4, 2, 3"}
+    for name, arguments in RANKING_CALLS.items():
+        evidence = paper.call(name, arguments, CTX).text
+        assert layered.call(name, arguments, CTX).text == evidence + "\n" + expected[name]
+        assert ordering_of(evidence) is None
+
+
+def test_without_the_preset_no_tool_output_holds_an_ordering_line(boxes):
+    paper, _ = boxes
+    arguments = {"item_info_search": {"item_name": "Halo 3"}, **RANKING_CALLS}
+    contexts = [CTX, ToolContext("bob", (2, 3, 5, 0), (1, 4, 6, 7, 0)), ToolContext("cat", (0, 7, 1), (2, 6, 3))]
+    for context in contexts:
+        for tool in TOOLS:
+            text = paper.call(tool.name, arguments.get(tool.name, {}), context).text
+            assert "best first:" not in text and ordering_of(text) is None, (tool.name, text)
+
+
+def test_the_paper_recipe_builds_the_paper_toolbox_and_the_full_titles():
+    data = tiny()
+    assert preset.toolbox_class(None) is Toolbox and preset.prompt_data(data, None) is data
+    layer = preset.layer("runs/x/preset/warm_start")
+    assert preset.toolbox_class(layer) is PresetToolbox
+    short = preset.prompt_data(data, {**layer, "title_chars": 8})
+    assert short.title(4) == "Forza H…" and short.title(6) == "Tetris" and data.title(4) == "Forza Horizon"
+
+
+def test_short_titles_reach_the_prompt_only(boxes):
+    _, box = boxes
+    x = Instance("ann", list(CTX.history), 4, list(CTX.candidates), position=5)
+    message = user_message(x, preset.short_titles(box.data, 8))
+    assert "[5] Forza H…" in message and "Forza Horizon" not in message
+    assert "[5] Forza Horizon" in box.call("item_info_search", {"item_name": 5}, CTX).text  # tools: full titles
+
+
+def test_ordering_of_reads_the_last_line_only():
+    assert ordering_of("x\nCandidates by popularity, best first: 4, 1, 2, 5, 3") == [4, 1, 2, 5, 3]
+    assert ordering_of("Candidates by popularity, best first: 4, 1\nsomething else") is None
+    assert ordering_of("error: no such item") is None
+    assert ordering_line("taste", [0.1, 0.5, 0.5, -1.0]) == "Candidates by taste, best first: 2, 3, 1, 4"
+
+
+def test_tool_ordering_scorer_copies_the_tool_order(boxes):
+    from agenticrec.baselines import rankings
+    _, box = boxes
+    instance = Instance("ann", list(CTX.history), CTX.candidates[1], list(CTX.candidates), position=5)
+    [ranked] = rankings([instance], tool_ordering_scorer(box.data, box, "candidates_analyze")([instance]),
+                        box.popularity)
+    assert ranked == [CTX.candidates[n - 1] for n in (4, 1, 2, 5, 3)]
+    with pytest.raises(ValueError, match="does not end with an ordering"):
+        tool_ordering_scorer(box.data, box, "get_session_behavior")([instance])
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Resolved configs: defaults + flags for the paper recipe; + the preset's settings only under the preset
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_train_grpo_with_a_model_folder_is_the_defaults_plus_the_flags(tmp_path):
+    cfg = train_grpo.parse_args(["--model", str(tmp_path), "--lr", "2e-6", "--no-drop-all-negative"])
+    assert cfg == train_grpo.Config(model=str(tmp_path), lr=2e-6, drop_all_negative=False)
+
+
+def test_train_grpo_preset_is_the_defaults_plus_the_preset_plus_the_flags():
+    assert train_grpo.parse_args([]) == train_grpo.Config(**preset.GRPO)
+    assert train_grpo.parse_args(["--lr", "3e-4"]) == train_grpo.Config(**{**preset.GRPO, "lr": 3e-4})
+
+
+def test_every_flag_has_its_help_from_the_dataclass(capsys):
+    for module in (train_grpo, train_ppr, evaluate):
+        with pytest.raises(SystemExit):
+            module.parse_args(["--help"])
+        printed = capsys.readouterr().out
+        for f in dataclasses.fields(module.Config):
+            assert f.metadata["help"].split()[0] in printed, (module.__name__, f.name)
+
+
+def saved_checkpoint(folder, script, cfg, layer, **extra):
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "train_config.json").write_text(json.dumps({"script": script, "config": dataclasses.asdict(cfg),
+                                                          "preset": layer, **extra}))
+    return folder
+
+
+def test_train_ppr_on_a_paper_checkpoint_takes_only_its_agent_settings(tmp_path):
+    stage1 = train_grpo.Config(model="/models/qwen", tools="get_user_profile", max_context=4096, lr=3e-6)
+    folder = saved_checkpoint(tmp_path / "final", "train_grpo.py", stage1, None)
+    cfg, taken = train_ppr.parse_args(["--model", str(folder), "--max-context", "8192"])
+    assert taken == {"tools": "get_user_profile", "max_tool_calls": 10, "max_turn_tokens": 512}
+    assert cfg == train_ppr.Config(model=str(folder), tools="get_user_profile", max_context=8192)
+    plain, taken = train_ppr.parse_args(["--model", str(tmp_path)])  # no train_config.json: the defaults
+    assert plain == train_ppr.Config(model=str(tmp_path)) and taken == {}
+
+
+def test_a_preset_checkpoint_brings_its_layer_to_train_ppr_and_evaluate(tmp_path):
+    stage1 = train_grpo.parse_args(["--out", str(tmp_path / "run")])
+    warm = tmp_path / "run" / "preset" / "warm_start"
+    saved_checkpoint(warm, "", stage1, None)
+    folder = saved_checkpoint(tmp_path / "run" / "final", "train_grpo.py", stage1, preset.layer(warm))
+    cfg, taken = train_ppr.parse_args(["--model", str(folder), "--epochs", "2"])
+    agent = {k: preset.GRPO[k] for k in ("tools", "max_tool_calls", "max_turn_tokens", "max_context")}
+    assert cfg == train_ppr.Config(**{"model": str(folder), **agent, **preset.PPR, "epochs": 2.0})
+    assert taken == {**agent, **{k: v for k, v in preset.PPR.items() if k != "epochs"}}
+    eval_cfg, layer = evaluate.parse_args(["--checkpoint", str(folder)])
+    assert layer == preset.layer(warm)
+    assert eval_cfg == evaluate.Config(checkpoint=str(folder), frozen=str(warm), **agent)
+
+
+def test_agent_config_is_built_in_one_place():
+    cfg = train_grpo.Config(tools="none", max_tool_calls=3, max_turn_tokens=7, max_context=99, temperature=0.9)
+    from agenticrec.trainer import agent_config
+    assert agent_config(cfg) == AgentConfig(max_tool_calls=3, max_turn_tokens=7, max_context=99, use_tools=False,
+                                            temperature=0.9)
+    assert agent_config(cfg, temperature=0.0).temperature == 0.0
+    assert "max_title_chars" not in {f.name for f in dataclasses.fields(AgentConfig)}  # titles: the dataset's
