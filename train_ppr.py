@@ -47,6 +47,7 @@ from agenticrec.checkpoint import export, load_checkpoint, read_train_config, sa
 from agenticrec.cli import option, parse_flags
 from agenticrec.data import load_dataset, load_instances
 from agenticrec.engine import Engine
+from agenticrec.policy import sft_loss
 from agenticrec.ppr import (answer_text, bidirectional_loss, bidirectional_tasks, choice_margins, mine_pairs,
                             random_pairs, read_pairs, write_pairs)
 from agenticrec.profiles import load_profiles
@@ -54,7 +55,6 @@ from agenticrec.stats import paired_bootstrap
 from agenticrec.trainer import (DataStream, MetricsLog, Objective, Sampling, agent_config, collect_groups, evaluate,
                                 frozen_copy, greedy_rollout, greedy_run, group_stats, load_policy, make_toolbox,
                                 start_run, summarize, update, update_metrics, warmup_schedule)
-from agenticrec.warmstart import sft_loss
 
 log = logging.getLogger("train_ppr")
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from agenticrec.data import Dataset, Instance
 from agenticrec.engine import Engine, Row, SamplingParams
 from agenticrec.parsing import Answer, ChoiceFormat, Invalid, RankingFormat, ToolCall, parse_turn
-from agenticrec.ppr import PreferenceTask, preference_message
 from agenticrec.reward import RewardConfig, rank_of, reward
+from agenticrec.tasks import PreferenceTask, preference_message
 from agenticrec.tokenizer import END_TOOL_CALL, IM_END, render_chat, tool_response_ids
 from agenticrec.tools import TOOLS, Toolbox, context_for
 
@@ -37,7 +37,7 @@ SYSTEM_WITH_TOOLS = (
     "You may call the tools to gather evidence, one call per turn. Think inside <think>...</think> before acting. "
     "When you are ready, answer with <answer>\\boxed{{[i1, i2, ...]}}</answer> listing the {k} most likely "
     "candidate numbers, best first.")
-SYSTEM_CHOICE = (  # PPR's A / B questions (agenticrec.ppr); the same tools, budget and format rules
+SYSTEM_CHOICE = (  # PPR's A / B questions (agenticrec.tasks); the same tools, budget and format rules
     "You are a recommender agent. Decide which of two items the user is more, or less, likely to choose next, as "
     "the question asks.{tools} Think inside <think>...</think> before acting. When you are ready, answer with "
     "<answer>\\boxed{{A}}</answer> or <answer>\\boxed{{B}}</answer>.")

@@ -98,13 +98,11 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tens
     return loss, metrics
 
 
-def advantage_stats(advantages: torch.Tensor, rewards: torch.Tensor) -> dict:
-    """Diagnostics of one batch of groups [N, G]: reward mean / std, the fraction of groups with zero reward
-    variance (no learning signal), and the advantages' spread."""
-    zero_std = (rewards.std(dim=-1) == 0) if rewards.shape[-1] > 1 else torch.ones(len(rewards), dtype=torch.bool)
-    return {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
-            "zero_std_groups": float(zero_std.float().mean()), "adv_abs_mean": float(advantages.abs().mean()),
-            "adv_max": float(advantages.max()), "adv_min": float(advantages.min())}
+def advantage_stats(advantages: torch.Tensor) -> dict:
+    """The spread of the advantages [N, G] the loss sees (the reward statistics and the share of zero-std groups
+    are logged over every group rolled out, ``agenticrec.trainer.group_stats``)."""
+    return {"adv_abs_mean": float(advantages.abs().mean()), "adv_max": float(advantages.max()),
+            "adv_min": float(advantages.min())}
 
 
 def keep_group(rewards: torch.Tensor, drop_all_negative: bool = True, drop_all_equal: bool = False) -> torch.Tensor:

@@ -55,3 +55,13 @@ def group_logprobs(model, prompt: list[int], continuations: list[list[int]], tem
     lengths = torch.tensor([len(c) for c in continuations], device=device)
     valid = torch.arange(L, device=device)[None] < lengths[:, None]
     return torch.cat([first_lp, rest_lp], dim=1) * valid
+
+
+def sft_loss(model, batch: list[tuple[list[int], list[int]]], device) -> torch.Tensor:
+    """Mean negative log-likelihood of the mask-1 tokens of ``batch`` ((ids, mask) pairs), teacher-forced: the warm
+    start's loss on the expert's trajectories, and PPR's rehearsal term on the stage-1 policy's own."""
+    width = max(len(ids) for ids, _ in batch)
+    ids = torch.tensor([i + [0] * (width - len(i)) for i, _ in batch], device=device)
+    mask = torch.tensor([m + [0] * (width - len(m)) for _, m in batch], device=device, dtype=torch.float)
+    logp = model(ids[:, :-1], targets=ids[:, 1:], target_mask=mask[:, 1:] > 0)  # LM head on sampled tokens only
+    return -(logp * mask[:, 1:]).sum() / mask[:, 1:].sum()

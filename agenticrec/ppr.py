@@ -23,10 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from agenticrec.data import Instance
+from agenticrec.tasks import LESS, MORE, PreferenceTask
 
-MORE, LESS = "MORE", "LESS"
-QUESTIONS = {MORE: "Which item is the user MORE likely to choose next?",
-             LESS: "Which item is the user LESS likely to choose next?"}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -120,19 +118,6 @@ def read_pairs(path: Path) -> list[Pair]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class PreferenceTask(Instance):
-    """An A / B question. As an ``Instance``: candidates = [option A, option B] (the tools number them 1 and 2),
-    target = the correct option (c+ for MORE, c- for LESS), so a rollout's reward and rank need nothing new."""
-
-    direction: str = MORE
-    pair_index: int = 0
-
-    @property
-    def answer(self) -> str:
-        return "AB"[self.candidates.index(self.target)]
-
-
 def bidirectional_tasks(pairs: list[Pair], seed: int = 0, unidirectional: bool = False,
                         split: str = "train") -> list[PreferenceTask]:
     """MORE and LESS tasks for every pair (MORE only when ``unidirectional``), in pair order. Both tasks of a pair
@@ -147,13 +132,6 @@ def bidirectional_tasks(pairs: list[Pair], seed: int = 0, unidirectional: bool =
             tasks.append(PreferenceTask(pair.user, list(pair.history), target, options, pair.position, split,
                                         direction, i))
     return tasks
-
-
-def preference_message(task: PreferenceTask, title) -> str:
-    """The user turn of an A / B task; ``title(item)`` gives the (possibly shortened) title."""
-    history = "\n".join(f"{n}. {title(i)}" for n, i in enumerate(task.history, 1))
-    return (f"The user's history, oldest first:\n{history}\n\nOptions (the tools call them candidates 1 and 2):\n"
-            f"A. {title(task.candidates[0])}\nB. {title(task.candidates[1])}\n\n{QUESTIONS[task.direction]}")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from pathlib import Path
 from agenticrec.data import Dataset, Instance
 from agenticrec.model import Qwen3Config
 from agenticrec.tools import Tool, Toolbox, ToolContext, context_for
+from agenticrec.warmstart import ordering_line, ordering_of, warm_start
 
 log = logging.getLogger("agenticrec.preset")
 
@@ -128,21 +129,6 @@ ORDERING_SCORES = {"candidates_analyze": ("popularity", _popularity),
                    "get_similar_users": ("similar users' taste", _users_taste)}
 
 
-def ordering_line(criterion: str, scores: list[float]) -> str:
-    """``Candidates by <criterion>, best first: 4, 1, ...``: every candidate number, by score (ties: lower number)."""
-    order = sorted(range(len(scores)), key=lambda j: (-scores[j], j))
-    return f"Candidates by {criterion}, best first: " + ", ".join(str(j + 1) for j in order)
-
-
-def ordering_of(observation: str) -> list[int] | None:
-    """The candidate numbers of an observation's ``ordering_line`` (its last line), or None when it has none
-    (another tool, or an error observation)."""
-    line = observation.rstrip().rsplit("\n", 1)[-1]
-    if not line.startswith("Candidates by ") or ", best first: " not in line:
-        return None
-    return [int(n) for n in line.split(", best first: ", 1)[1].split(", ")]
-
-
 @dataclasses.dataclass
 class PresetToolbox(Toolbox):
     """The paper's toolbox, with an ``ordering_line`` after each ranking tool's evidence."""
@@ -220,7 +206,6 @@ def preset_policy(data: Dataset, toolbox: PresetToolbox, agent_cfg, seed: int, i
     from agenticrec import distributed as D
     from agenticrec.data import load_instances
     from agenticrec.model import Qwen3, load_pretrained, save_pretrained
-    from agenticrec.warmstart import warm_start
 
     tokenizer = preset_tokenizer(data, out / "preset" / "tokenizer", split_digits=False)
     folder = out / "preset" / "warm_start"

@@ -264,7 +264,7 @@ def update(model, ref_model, optimizer, batch: GroupBatch, objective: Objective,
         optimizer.step()
     metrics["grad_norm"] = float(grad_norm)
     trained = advantages * torch.tensor(batch.weights)[:, None]  # what the loss sees: 0 for a padded group
-    metrics.update({f"adv_{k}": v for k, v in advantage_stats(trained, rewards).items()})
+    metrics.update(advantage_stats(trained))
     return dict(metrics)
 
 

@@ -5,7 +5,7 @@ call tools and can rank a little. No such model can be downloaded here, so the C
 Qwen3 is trained to imitate an expert that
 
 - knows the format and the tools: thinks briefly, calls a ranking tool (sometimes two), and answers with the top
-  K of the last observation's ordering line (``agenticrec.preset.ordering_line``), copied verbatim;
+  K of the last observation's ordering line (``ordering_line``, which ``agenticrec.preset.PresetToolbox`` appends), copied verbatim;
 - does not know which tool deserves trust: it trusts popularity (``candidates_analyze``, NDCG@10 0.53 on Games
   valid) twice as often as the similar users' taste (``get_similar_users``, 0.64), see ``EXPERT_TRUST``.
 
@@ -35,14 +35,14 @@ from tqdm.auto import tqdm
 from agenticrec.agent import AgentConfig, Rollout, build_prompt
 from agenticrec.data import Dataset, Instance
 from agenticrec.engine import Engine
+from agenticrec.policy import sft_loss
 from agenticrec.tokenizer import IM_END, tool_call_text, tool_response_ids
-from agenticrec.preset import ordering_line, ordering_of
 from agenticrec.tools import Toolbox, context_for
 
 log = logging.getLogger("agenticrec.warmstart")
 
 
-# The tools whose observation ends with a full ordering of the candidates (agenticrec.preset.ordering_line), and
+# The tools whose observation ends with a full ordering of the candidates (ordering_line, under the preset), and
 # how often the expert trusts each: mostly popularity (NDCG@10 0.53 on Games valid), sometimes the item-to-item
 # similarity of the latest history item (0.57), sometimes the similar users' taste (0.64).
 EXPERT_TRUST = {"candidates_analyze": 0.5, "get_similar_items": 0.25, "get_similar_users": 0.25}
@@ -62,6 +62,22 @@ class WarmStartConfig:
     gate_instances: int = 64
     second_call: float = 0.2  # how often the expert calls a second ranking tool (it answers after the last)
     seed: int = 0
+
+
+def ordering_line(criterion: str, scores: list[float]) -> str:
+    """``Candidates by <criterion>, best first: 4, 1, ...``: every candidate number, by score (ties: lower number).
+    The line the preset's ranking tools end with (``agenticrec.preset.PresetToolbox``) and the expert copies."""
+    order = sorted(range(len(scores)), key=lambda j: (-scores[j], j))
+    return f"Candidates by {criterion}, best first: " + ", ".join(str(j + 1) for j in order)
+
+
+def ordering_of(observation: str) -> list[int] | None:
+    """The candidate numbers of an observation's ``ordering_line`` (its last line), or None when it has none
+    (another tool, or an error observation)."""
+    line = observation.rstrip().rsplit("\n", 1)[-1]
+    if not line.startswith("Candidates by ") or ", best first: " not in line:
+        return None
+    return [int(n) for n in line.split(", best first: ", 1)[1].split(", ")]
 
 
 def expert_trajectory(tokenizer, data: Dataset, toolbox: Toolbox, instance: Instance, cfg: AgentConfig,
@@ -119,15 +135,6 @@ def copy_drill(tokenizer, rng: random.Random, num_candidates: int = 20, k: int =
 
 def _answer_text(numbers: list[int]) -> str:
     return f"<think>I follow the last ranking.</think>\n<answer>\\boxed{{{numbers}}}</answer>{IM_END}"
-
-
-def sft_loss(model, batch: list[tuple[list[int], list[int]]], device) -> torch.Tensor:
-    """Mean negative log-likelihood of the expert's own tokens (mask 1), teacher-forced."""
-    width = max(len(ids) for ids, _ in batch)
-    ids = torch.tensor([i + [0] * (width - len(i)) for i, _ in batch], device=device)
-    mask = torch.tensor([m + [0] * (width - len(m)) for _, m in batch], device=device, dtype=torch.float)
-    logp = model(ids[:, :-1], targets=ids[:, 1:], target_mask=mask[:, 1:] > 0)  # LM head on sampled tokens only
-    return -(logp * mask[:, 1:]).sum() / mask[:, 1:].sum()
 
 
 def valid_rate(model, tokenizer, data, toolbox, instances, cfg: AgentConfig, seed: int = 0) -> tuple[float, dict]:

@@ -13,8 +13,9 @@ from agenticrec.agent import AgentConfig, Rollout
 from agenticrec.data import Instance
 from agenticrec.engine import Engine
 from agenticrec.model import Qwen3, Qwen3Config
-from agenticrec.ppr import (LESS, MORE, Pair, PreferenceTask, answer_text, bidirectional_loss, bidirectional_tasks,
-                            choice_margins, mine_pairs, random_pairs, read_pairs, violation_pool, write_pairs)
+from agenticrec.ppr import (Pair, answer_text, bidirectional_loss, bidirectional_tasks, choice_margins, mine_pairs,
+                            random_pairs, read_pairs, violation_pool, write_pairs)
+from agenticrec.tasks import LESS, MORE, PreferenceTask
 from agenticrec.tools import Toolbox
 from test_agent import ScriptedModel, encode, script_for
 from test_tools import FakeSASRec, tiny
@@ -46,6 +47,18 @@ def test_per_direction_bound_without_a_shared_score(d_more, d_less):
     wrong = (d_more <= 0) + (d_less <= 0)
     assert loss.item() >= math.log(2) * wrong - 1e-12
     assert metrics["accuracy"] == 1 - wrong / 2
+
+
+@given(st.floats(0.0, 60), st.floats(0.0, 60))
+def test_prop_4_2_bounds_the_a_b_judgements_not_the_list(d_more, d_less):
+    """What the bound does NOT cover: the loss is a function of the pair's two A / B margins only. With both
+    judgements right (margins > 0) it falls below 2 log 2 towards 0, while the ranking the pair was mined from (a
+    different answer to a different prompt) still puts c- above c+: the same violation is mined from it again."""
+    loss, metrics = bidirectional_loss(torch.tensor([d_more + 1e-3], dtype=torch.float64),
+                                       torch.tensor([d_less + 1e-3], dtype=torch.float64))
+    assert metrics["accuracy"] == 1.0 and loss.item() < 2 * math.log(2)
+    [pair], _ = mine_pairs([trajectory(4, (2, 4, 1))], seed=0)
+    assert (pair.positive, pair.negative, pair.negative_rank, pair.target_rank) == (4, 2, 1, 2)
 
 
 @given(finite, st.floats(1e-3, 1.0))

@@ -12,7 +12,8 @@ import train_ppr
 from agenticrec import preset
 from agenticrec.agent import AgentConfig, user_message
 from agenticrec.data import Instance
-from agenticrec.preset import PresetToolbox, ordering_line, ordering_of, tool_ordering_scorer
+from agenticrec.preset import PresetToolbox, tool_ordering_scorer
+from agenticrec.warmstart import ordering_line, ordering_of
 from agenticrec.tools import TOOLS, Toolbox, ToolContext
 from test_tools import CTX, FakeSASRec, tiny
 

@@ -8,7 +8,8 @@ import torch
 
 import train_ppr
 from agenticrec.model import Qwen3, load_pretrained
-from agenticrec.ppr import LESS, MORE, random_pairs, read_pairs
+from agenticrec.ppr import random_pairs, read_pairs
+from agenticrec.tasks import LESS, MORE
 from grpo_fakes import tiny_config, tiny_policy_folder, worker_weights
 
 SMALL = ["--dataset", "beauty2023", "--batch-size", "4", "--group-size", "2", "--max-turn-tokens", "8",

@@ -9,8 +9,9 @@ import pytest
 
 from agenticrec.agent import AgentConfig, Rollout
 from agenticrec.engine import Engine
-from agenticrec.preset import PresetToolbox, ordering_of
-from agenticrec.warmstart import EXPERT_TRUST, copy_drill, expert_trajectory, sft_loss
+from agenticrec.policy import sft_loss
+from agenticrec.preset import PresetToolbox
+from agenticrec.warmstart import EXPERT_TRUST, copy_drill, expert_trajectory, ordering_of
 from test_agent import INSTANCE, ScriptedModel
 from test_tools import FakeSASRec, tiny
 
