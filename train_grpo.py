@@ -41,7 +41,7 @@ from agenticrec.data import load_dataset, load_instances
 from agenticrec.engine import Engine
 from agenticrec.profiles import build_profiles
 from agenticrec.reward import ranking_metrics
-from agenticrec.trainer import (DataStream, MetricsLog, Objective, Sampling, agent_config, collect_groups,
+from agenticrec.trainer import (DataStream, MetricsLog, Objective, Sampling, TrainingConfig, agent_config, collect_groups,
                                 evaluate_and_save, frozen_copy, group_stats, load_policy, make_toolbox, start_run,
                                 summarize, update, update_metrics, warmup_schedule)
 
@@ -49,46 +49,19 @@ log = logging.getLogger("train_grpo")
 
 
 @dataclass
-class Config:
+class Config(TrainingConfig):
+    """train_grpo.py's settings; the ones both stages share are agenticrec.trainer.TrainingConfig's."""
+
     model: str = option("preset", 'a Hugging Face Qwen3 folder, or "preset" (tiny Qwen3 + BPE + scripted warm start)')
     dataset: str = option("games", "a dataset under data/")
     out: str = option("runs/grpo", "output folder: metrics.jsonl, checkpoints/, final/")
     epochs: float = option(3.0, "passes over the train instances (ignored when --steps > 0)")
-    steps: int = option(0, "optimiser steps; 0 = derived from --epochs")
     batch_size: int = option(64, "groups (instances) per step, over all ranks")
     group_size: int = option(8, "rollouts per instance (G)")
-    lr: float = option(1e-6, "AdamW learning rate (after warm-up)")
-    warmup_steps: int = option(10, "linear learning-rate warm-up")
-    weight_decay: float = option(0.0, "AdamW weight decay")
-    grad_clip: float = option(1.0, "gradient-norm clipping")
-    temperature: float = option(0.6, "sampling temperature; training log-probs use the same")
-    max_tool_calls: int = option(10, "T_max: one more makes the trajectory invalid")
-    max_turn_tokens: int = option(512, "sampled tokens per turn")
-    max_context: int = option(6144, "tokens per trajectory (prompt + turns + observations)")
-    tools: str = option("all", 'comma-separated tool names, "all", or "none" (reasoning-only ablation)')
     profiles: str = option(
         "", "the LLM profile cache (built and extended as needed); default out/profiles.jsonl.gz; none: statistics")
-    kl_coef: float = option(1e-3, "beta; 0 loads no reference model")
-    kl_estimator: str = option("k3", "k1 | k2 | k3")
-    clip_eps: float = option(0.2, "PPO clip epsilon")
-    advantage: str = option("mean", "mean (paper) | std | rloo")
-    aggregation: str = option("token_mean", "token_mean | sequence_mean (over the global batch)")
-    mu: int = option(1, "optimiser updates per rollout batch (1: ratio exactly 1)")
-    drop_all_negative: bool = option(True, "dynamic sampling: drop groups whose rewards are all negative")
-    drop_all_equal: bool = option(False, "also drop groups with zero reward variance")
-    refill_rounds: int = option(3, "extra rollout rounds to refill dropped groups")
-    rollout_groups: int = option(
-        0, "groups per engine call (bounds the KV cache); 0 = all of this rank's groups at once")
     activation_checkpointing: bool = option(False, "recompute each decoder layer in the backward pass (long contexts)")
     eval_every: int = option(0, "steps between valid evaluations (0 = only before and after training)")
-    eval_instances: int = option(1000, "valid instances per evaluation (greedy)")
-    eval_chunk: int = option(250, "instances per engine call in evaluation (bounds the KV cache)")
-    checkpoint_every: int = option(50, "steps between checkpoints")
-    resume: bool = option(False, "continue from out/checkpoints/latest")
-    dtype: str = option("float32", "float32 | bfloat16 (FSDP mixed precision on GPU)")
-    threads: int = option(2, "torch threads per process (pinned: budget by steps, not wall clock)")
-    seed: int = option(0, "all randomness derives from (seed, step, rank)")
-    stop_after: int = option(0, "stop after this many steps of this run (tests of resume); 0 = no stop")
 
 
 def parse_args(argv=None) -> Config:

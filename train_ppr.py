@@ -52,7 +52,8 @@ from agenticrec.ppr import (answer_text, bidirectional_loss, bidirectional_tasks
                             random_pairs, read_pairs, write_pairs)
 from agenticrec.profiles import load_profiles
 from agenticrec.stats import paired_bootstrap
-from agenticrec.trainer import (DataStream, MetricsLog, Objective, Sampling, agent_config, collect_groups, evaluate,
+from agenticrec.trainer import (DataStream, MetricsLog, Objective, Sampling, TrainingConfig, agent_config,
+                                collect_groups, evaluate,
                                 frozen_copy, greedy_rollout, greedy_run, group_stats, load_policy, make_toolbox,
                                 start_run, summarize, update, update_metrics, warmup_schedule)
 
@@ -60,7 +61,10 @@ log = logging.getLogger("train_ppr")
 
 
 @dataclass
-class Config:
+class Config(TrainingConfig):
+    """train_ppr.py's settings; the ones both stages share are agenticrec.trainer.TrainingConfig's (the agent
+    settings default to the stage-1 checkpoint's, parse_args)."""
+
     model: str = option("runs/grpo/final", "the stage-1 checkpoint: a Hugging Face folder with its tokenizer")
     dataset: str = option("games", "a dataset under data/")
     out: str = option("runs/ppr", "output folder: pairs, metrics.jsonl, checkpoints/, final/")
@@ -76,37 +80,10 @@ class Config:
     replay_instances: int = option(512, "train instances whose stage-1 greedy trajectories are the rehearsal data")
     replay_batch: int = option(4, "rehearsal trajectories per step and rank")
     epochs: float = option(1.0, "passes over the training tasks (ignored when --steps > 0)")
-    steps: int = option(0, "optimiser steps; 0 = derived from --epochs")
     batch_size: int = option(64, "tasks per step, over all ranks")
     group_size: int = option(8, "rollouts per task (G), grpo objective")
-    lr: float = option(1e-6, "AdamW learning rate (after warm-up)")
-    warmup_steps: int = option(10, "linear learning-rate warm-up")
-    weight_decay: float = option(0.0, "AdamW weight decay")
-    grad_clip: float = option(1.0, "gradient-norm clipping")
-    temperature: float = option(0.6, "sampling temperature; training log-probs use the same")
-    max_tool_calls: int = option(10, "T_max (default: the stage-1 checkpoint's)")
-    max_turn_tokens: int = option(512, "sampled tokens per turn (default: the stage-1 checkpoint's)")
-    max_context: int = option(6144, "tokens per trajectory (default: the stage-1 checkpoint's)")
-    tools: str = option("all", 'comma-separated tool names, "all", or "none" (default: the stage-1 checkpoint\'s)')
     profiles: str = option("", "the LLM profile cache get_user_profile serves; default: the stage-1 run's")
-    kl_coef: float = option(1e-3, "beta; 0 loads no reference model (grpo objective)")
-    kl_estimator: str = option("k3", "k1 | k2 | k3")
-    clip_eps: float = option(0.2, "PPO clip epsilon")
-    advantage: str = option("mean", "mean (paper) | std | rloo")
-    aggregation: str = option("token_mean", "token_mean | sequence_mean")
-    mu: int = option(1, "optimiser updates per rollout batch")
-    drop_all_negative: bool = option(True, "dynamic sampling: drop groups whose rewards are all negative")
-    drop_all_equal: bool = option(True, "and groups with equal rewards (no signal with 0 / 1 rewards)")
-    refill_rounds: int = option(3, "extra rollout rounds to refill dropped groups")
-    rollout_groups: int = option(0, "groups per engine call; 0 = all at once")
-    eval_instances: int = option(1000, "valid instances for the ranking H@1 before / after")
-    eval_chunk: int = option(250, "instances per engine call in evaluation")
-    checkpoint_every: int = option(50, "steps between checkpoints")
-    resume: bool = option(False, "continue from out/checkpoints/latest")
-    dtype: str = option("float32", "float32 | bfloat16")
-    threads: int = option(2, "torch threads per process")
-    seed: int = option(0, "all randomness derives from (seed, step, rank)")
-    stop_after: int = option(0, "stop after this many steps of this run (tests of resume); 0 = no stop")
+    drop_all_equal: bool = option(True, "drop groups with equal rewards (no signal with 0 / 1 rewards)")
 
 
 AGENT_SETTINGS = ("tools", "max_tool_calls", "max_turn_tokens", "max_context")  # read from the stage-1 checkpoint

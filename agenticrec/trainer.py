@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from agenticrec import distributed as D
 from agenticrec.agent import (CONTEXT_LIMIT, TOOL_BUDGET_EXCEEDED, TOOLS_DISABLED, TURN_TOKEN_LIMIT, AgentConfig,
                               Rollout, Trajectory)
+from agenticrec.cli import option
 from agenticrec.data import Dataset, load_instances
 from agenticrec.grpo import advantage_stats, group_advantages, grpo_loss, keep_group
 from agenticrec.model import load_pretrained
@@ -53,6 +54,42 @@ def start_run(threads: int, out: str) -> tuple[D.DistInfo, Path]:
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     return info, folder
+
+
+@dataclass
+class TrainingConfig:
+    """The settings both training scripts share (each script's Config adds its own): the optimiser, the agent's
+    budgets, the GRPO objective and dynamic sampling, evaluation, checkpoints and the run."""
+
+    steps: int = option(0, "optimiser steps; 0 = derived from --epochs")
+    lr: float = option(1e-6, "AdamW learning rate (after warm-up)")
+    warmup_steps: int = option(10, "linear learning-rate warm-up")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    grad_clip: float = option(1.0, "gradient-norm clipping")
+    temperature: float = option(0.6, "sampling temperature; training log-probs use the same")
+    max_tool_calls: int = option(10, "T_max: one more makes the trajectory invalid")
+    max_turn_tokens: int = option(512, "sampled tokens per turn")
+    max_context: int = option(6144, "tokens per trajectory (prompt + turns + observations)")
+    tools: str = option("all", 'comma-separated tool names, "all", or "none" (reasoning-only ablation)')
+    kl_coef: float = option(1e-3, "beta; 0 loads no reference model (GRPO)")
+    kl_estimator: str = option("k3", "k1 | k2 | k3")
+    clip_eps: float = option(0.2, "PPO clip epsilon")
+    advantage: str = option("mean", "mean (paper) | std | rloo")
+    aggregation: str = option("token_mean", "token_mean | sequence_mean (over the global batch)")
+    mu: int = option(1, "optimiser updates per rollout batch (1: ratio exactly 1)")
+    drop_all_negative: bool = option(True, "dynamic sampling: drop groups whose rewards are all negative")
+    drop_all_equal: bool = option(False, "also drop groups with zero reward variance (equal rewards)")
+    refill_rounds: int = option(3, "extra rollout rounds to refill dropped groups")
+    rollout_groups: int = option(
+        0, "groups per engine call (bounds the KV cache); 0 = all of this rank's groups at once")
+    eval_instances: int = option(1000, "valid instances per evaluation (greedy)")
+    eval_chunk: int = option(250, "instances per engine call in evaluation (bounds the KV cache)")
+    checkpoint_every: int = option(50, "steps between checkpoints")
+    resume: bool = option(False, "continue from out/checkpoints/latest")
+    dtype: str = option("float32", "float32 | bfloat16 (FSDP mixed precision on GPU)")
+    threads: int = option(2, "torch threads per process (pinned: budget by steps, not wall clock)")
+    seed: int = option(0, "all randomness derives from (seed, step, rank)")
+    stop_after: int = option(0, "stop after this many steps of this run (tests of resume); 0 = no stop")
 
 
 def make_toolbox(data: Dataset, tools: str, toolbox_class=Toolbox) -> Toolbox:
