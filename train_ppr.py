@@ -166,7 +166,8 @@ def task_margins(model, tokenizer, tasks, contexts, cfg: Config, grad: bool) -> 
     """[T] log pi(correct answer | context) - log pi(other answer | context) for each task."""
     answers = {c: tokenizer.encode(answer_text(c), add_special_tokens=False) for c in "AB"}
     with torch.set_grad_enabled(grad):
-        return choice_margins(model, contexts, answers, [t.answer for t in tasks], cfg.temperature)
+        return choice_margins(model, prompts=contexts, answer_ids=answers, correct=[t.answer for t in tasks],
+                              temperature=cfg.temperature)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -183,7 +184,7 @@ def logistic_update(model, optimizer, tokenizer, tasks, contexts, replay, cfg: C
     FSDP, i.e. a global mean too. Tasks come in (MORE, LESS) pairs unless unidirectional."""
     margins = task_margins(model, tokenizer, tasks, contexts, cfg, grad=True)
     more, less = (margins, None) if cfg.unidirectional else (margins[0::2], margins[1::2])
-    loss, metrics = bidirectional_loss(more, less)
+    loss, metrics = bidirectional_loss(margin_more=more, margin_less=less)
     global_pairs = D.all_reduce_sum([float(len(more))], info)[0]
     optimizer.zero_grad(set_to_none=True)
     total = loss * len(more) / global_pairs * info.world  # FSDP averages gradients over ranks

@@ -160,9 +160,10 @@ def tool_ordering_scorer(data: Dataset, toolbox: PresetToolbox, name: str, argum
 
 def copied_orders(data: Dataset, toolbox: PresetToolbox, instances: list[Instance]) -> dict[str, dict]:
     """{"<tool>, copied": metrics} for each enabled no-argument ranking tool: what copying it alone scores."""
-    from agenticrec.baselines import evaluate_scorer
-    return {f"{name}, copied": evaluate_scorer(data, instances, tool_ordering_scorer(data, toolbox, name))
-            for name in ORDERING_SCORES if name in toolbox.names}
+    from agenticrec import baselines
+    no_argument = [t.name for t in toolbox.tools if t.name in ORDERING_SCORES and not t.required]
+    return {f"{name}, copied": baselines.evaluate_scorer(data, instances, tool_ordering_scorer(data, toolbox, name))
+            for name in no_argument}
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -288,9 +288,10 @@ def update(model, ref_model, optimizer, batch: GroupBatch, objective: Objective,
         for i, g in enumerate(tensors):
             logp = group_logprobs(model, g.prompt, g.continuations, objective.temperature, g.mask)
             loss_mask = g.mask * batch.weights[i]  # a padded group carries no loss: neither its advantages nor its KL
-            loss, m = grpo_loss(logp, old[i] if old is not None else logp.detach(), advantages[i].to(logp.device),
-                                loss_mask, normalizer, refs[i], objective.clip_eps, objective.kl_coef,
-                                objective.kl_estimator, objective.aggregation)
+            loss, m = grpo_loss(logp, old_logp=old[i] if old is not None else logp.detach(),
+                                advantages=advantages[i].to(logp.device), mask=loss_mask, normalizer=normalizer,
+                                ref_logp=refs[i], clip_eps=objective.clip_eps, kl_coef=objective.kl_coef,
+                                kl_estimator=objective.kl_estimator, aggregation=objective.aggregation)
             loss.backward()
             metrics.update(_loss_sums(loss, m, logp, loss_mask, g, first_pass=epoch == 0))
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), objective.grad_clip)

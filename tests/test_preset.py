@@ -154,3 +154,13 @@ def test_agent_config_is_built_in_one_place():
                                             temperature=0.9)
     assert agent_config(cfg, temperature=0.0).temperature == 0.0
     assert "max_title_chars" not in {f.name for f in dataclasses.fields(AgentConfig)}  # titles: the dataset's
+
+
+def test_copied_orders_score_each_no_argument_ranking_tool(boxes):
+    _, box = boxes
+    x = Instance("ann", list(CTX.history), 2, list(CTX.candidates), position=5)  # item 2 is candidate 4
+    rows = preset.copied_orders(box.data, box, [x])
+    assert list(rows) == ["candidates_analyze, copied", "get_similar_users, copied"]  # similar items needs an item
+    assert rows["candidates_analyze, copied"]["H@1"] == 1.0  # popularity order 4, 1, 2, 5, 3: candidate 4 first
+    assert rows["get_similar_users, copied"]["H@1"] == 0.0  # taste order 5, 1, 4, 2, 3: candidate 4 third
+    assert rows["get_similar_users, copied"]["N@5"] == pytest.approx(0.5)  # 1 / log2(3 + 1)
