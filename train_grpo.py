@@ -41,9 +41,10 @@ from agenticrec.data import load_dataset, load_instances
 from agenticrec.engine import Engine
 from agenticrec.profiles import build_profiles
 from agenticrec.reward import ranking_metrics
-from agenticrec.trainer import (DataStream, MetricsLog, Objective, Sampling, TrainingConfig, agent_config, collect_groups,
-                                evaluate_and_save, frozen_copy, group_stats, load_policy, make_toolbox, start_run,
-                                summarize, update, update_metrics, warmup_schedule)
+from agenticrec.trainer import (DataStream, MetricsLog, Objective, Sampling, TrainingConfig, agent_config,
+                                collect_groups, evaluate_and_save, frozen_copy, group_stats, load_policy,
+                                make_toolbox, start_run, summarize, sync_rollout, update, update_metrics,
+                                warmup_schedule)
 
 log = logging.getLogger("train_grpo")
 
@@ -156,14 +157,14 @@ def main(argv=None) -> None:
                total=run.steps)
     for step in bar:
         t0 = time.perf_counter()
-        refresh_rollout_copy(run)
+        sync_rollout(run.rollout, run.model, run.info)
         batch = collect_groups(run.rollout, run.stream, sampling, step, info)  # rollouts and their rewards
         t1 = time.perf_counter()
         stats = update(run.model, run.ref_model, run.optimizer, batch, objective, info)  # advantages, loss, step
         run.scheduler.step()
         record = step_record(run, step, batch, stats, rollout_s=t1 - t0, update_s=time.perf_counter() - t1)
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
-            refresh_rollout_copy(run)
+            sync_rollout(run.rollout, run.model, run.info)
             record.update(evaluate_and_save(run.rollout, run.valid, info, out, step + 1, cfg.eval_chunk))
         run.metrics.write(record)
         bar.set_postfix(reward=f"{record['reward']:.3f}", valid=f"{record['valid']:.2f}", kl=f"{record['kl']:.4f}")
@@ -174,11 +175,6 @@ def main(argv=None) -> None:
             D.shutdown(info)
             return
     finish(run)
-
-
-def refresh_rollout_copy(run: Run) -> None:
-    """Rollouts sample from the current weights (under FSDP: an unsharded copy, refreshed in place)."""
-    run.rollout.engine.model = D.refresh_rollout_copy(run.model, run.rollout.engine.model, run.info)
 
 
 def step_record(run: Run, step: int, batch, stats: dict, rollout_s: float, update_s: float) -> dict:
@@ -195,7 +191,7 @@ def step_record(run: Run, step: int, batch, stats: dict, rollout_s: float, updat
 
 def finish(run: Run) -> None:
     """The final evaluation, the exported policy (with its train_config.json) and the before / after report."""
-    refresh_rollout_copy(run)
+    sync_rollout(run.rollout, run.model, run.info)
     final = evaluate_and_save(run.rollout, run.valid, run.info, run.out, run.steps, run.cfg.eval_chunk)
     run.metrics.write({"step": run.steps, "final": True, **final})
     saved = train_config("train_grpo.py", run.cfg, run.layer, profiles=run.profiles)

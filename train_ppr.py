@@ -13,9 +13,9 @@ How this differs from the paper's description (docs/ppr.md has the math):
    c+ minus that of c- (MORE), and of c- minus c+ (LESS), in the context the stage-1 policy builds for the task (its
    greedy tool calls and observations, up to where its answer begins).
 4. Ablations the paper lacks: ``--unidirectional`` (MORE only) and ``--random-negatives``. Options of the logistic
-   objective (the CPU preset's, agenticrec.preset.PPR; off by default): ``--train-context-tokens`` (train on each context's tail) and
-   ``--replay-coef`` (rehearsal: an NLL on the stage-1 policy's own ranking trajectories, which the logistic
-   objective needs in place of a KL term).
+   objective (the CPU preset's, agenticrec.preset.PPR; off by default): ``--train-context-tokens`` (train on each
+   context's tail) and ``--replay-coef`` (rehearsal: an NLL on the stage-1 policy's own ranking trajectories,
+   which the logistic objective needs in place of a KL term).
 5. Pairwise accuracy on valid pairs mined the same way, before and after, two ways: the greedy agent's answer
    (with tools) and the likelihood margin; the likelihood accuracy on random-negative valid pairs (a control for
    the selection effect of mining); and the ranking task's H@1 on valid instances, each with a paired bootstrap
@@ -53,9 +53,9 @@ from agenticrec.ppr import (answer_text, bidirectional_loss, bidirectional_tasks
 from agenticrec.profiles import load_profiles
 from agenticrec.stats import paired_bootstrap
 from agenticrec.trainer import (DataStream, MetricsLog, Objective, Sampling, TrainingConfig, agent_config,
-                                collect_groups, evaluate,
-                                frozen_copy, greedy_rollout, greedy_run, group_stats, load_policy, make_toolbox,
-                                start_run, summarize, update, update_metrics, warmup_schedule)
+                                collect_groups, evaluate, frozen_copy, greedy_rollout, greedy_run, group_stats,
+                                load_policy, make_toolbox, start_run, summarize, sync_rollout, update,
+                                update_metrics, warmup_schedule)
 
 log = logging.getLogger("train_ppr")
 
@@ -339,7 +339,7 @@ def main(argv=None) -> None:
     stream = DataStream(tasks.units, cfg.seed, info)
     steps = cfg.steps or math.ceil(cfg.epochs * len(tasks.units) * _per_unit(cfg) / cfg.batch_size)
     start = load_checkpoint(run.model, run.optimizer, run.scheduler, stream, info, out) if cfg.resume else 0
-    refresh_rollout_copy(run)
+    sync_rollout(run.rollout, run.model, run.info)
     metrics = MetricsLog(out / "metrics.jsonl", info)
     before = evaluation(run, tasks.probes, valid[:cfg.eval_instances], start)
 
@@ -360,7 +360,7 @@ def main(argv=None) -> None:
             D.shutdown(info)
             return
 
-    refresh_rollout_copy(run)
+    sync_rollout(run.rollout, run.model, run.info)
     after = evaluation(run, tasks.probes, valid[:cfg.eval_instances], steps)
     saved = train_config("train_ppr.py", cfg, run.layer, profiles=run.profiles, stage1=cfg.model)
     export(run.model, info, out / "final", run.tokenizer, saved)
@@ -374,14 +374,10 @@ def _per_unit(cfg: Config) -> int:
     return 1 if cfg.unidirectional or cfg.objective == "grpo" else 2
 
 
-def refresh_rollout_copy(run: Run) -> None:
-    run.rollout.engine.model = D.refresh_rollout_copy(run.model, run.rollout.engine.model, run.info)
-
-
 def grpo_step(run: Run, stream: DataStream, step: int) -> dict:
     """The paper's objective: stage 1's dynamic sampling and update on the A / B tasks."""
     cfg, info = run.cfg, run.info
-    refresh_rollout_copy(run)  # samples with the rollout copy (the logistic objective scores fixed contexts)
+    sync_rollout(run.rollout, run.model, info)  # it samples (the logistic objective scores fixed contexts)
     sampling, objective = Sampling.of(cfg, info), Objective.of(cfg)
     batch = collect_groups(run.rollout, stream, sampling, step, info)
     stats = update(run.model, run.ref_model, run.optimizer, batch, objective, info)

@@ -118,6 +118,12 @@ def load_policy(folder: str, dtype: str, info: D.DistInfo):
     return load_pretrained(folder, dtype=weights, device=info.device), load_tokenizer(folder)
 
 
+def sync_rollout(rollout: Rollout, model: torch.nn.Module, info: D.DistInfo) -> None:
+    """Rollouts sample from the current weights: under FSDP an unsharded copy, refreshed in place; in one process
+    the model itself."""
+    rollout.engine.model = D.refresh_rollout_copy(model, rollout.engine.model, info)
+
+
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     """The reference policy: a copy of ``model`` in eval mode with no gradients."""
     ref = copy.deepcopy(model).eval()

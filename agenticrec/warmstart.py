@@ -5,7 +5,8 @@ call tools and can rank a little. No such model can be downloaded here, so the C
 Qwen3 is trained to imitate an expert that
 
 - knows the format and the tools: thinks briefly, calls a ranking tool (sometimes two), and answers with the top
-  K of the last observation's ordering line (``ordering_line``, which ``agenticrec.preset.PresetToolbox`` appends), copied verbatim;
+  K of the last observation's ordering line (``ordering_line``, which ``agenticrec.preset.PresetToolbox``
+  appends), copied verbatim;
 - does not know which tool deserves trust: it trusts popularity (``candidates_analyze``, NDCG@10 0.53 on Games
   valid) twice as often as the similar users' taste (``get_similar_users``, 0.64), see ``EXPERT_TRUST``.
 
