@@ -68,8 +68,9 @@ def build_profiles(model, tokenizer, data: Dataset, instances: list[Instance], p
         context = context_for(x, data)
         histories.setdefault(profile_key(context), context.history)
     missing = sorted(k for k in histories if k not in cached)
-    log.info("LLM profiles: %d distinct histories, %d cached in %s, %d to generate", len(histories),
-             len(histories) - len(missing), path, len(missing))
+    if info.is_main:
+        log.info("LLM profiles: %d distinct histories, %d cached in %s, %d to generate", len(histories),
+                 len(histories) - len(missing), path, len(missing))
     if missing:
         mine = {k: histories[k] for k in missing[info.rank::info.world]}
         was_training = model.training
