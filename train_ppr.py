@@ -304,8 +304,7 @@ def build_tasks(run: Run, train_instances, valid) -> Tasks:
     if cfg.objective == "logistic":  # MORE / LESS stay together; train on the tails (evaluation: whole contexts)
         contexts = [c[-cfg.train_context_tokens:] if cfg.train_context_tokens else c
                     for c in answer_contexts(rollout, tasks, cfg)[0]]
-        per_unit = 1 if cfg.unidirectional else 2
-        units = [list(zip(tasks, contexts))[i:i + per_unit] for i in range(0, len(tasks), per_unit)]
+        units = [list(zip(tasks, contexts))[i:i + _per_unit(cfg)] for i in range(0, len(tasks), _per_unit(cfg))]
         if cfg.replay_coef > 0:
             replay = replay_trajectories(rollout, train_instances[:cfg.replay_instances], cfg)
     valid_contexts = answer_contexts(rollout, valid_tasks, cfg)[0]  # built before a resumed checkpoint is loaded
