@@ -38,13 +38,12 @@ from agenticrec.agent import Rollout
 from agenticrec.checkpoint import export, load_checkpoint, save_checkpoint, train_config
 from agenticrec.cli import option, parse_flags
 from agenticrec.data import load_dataset, load_instances
-from agenticrec.engine import Engine
 from agenticrec.profiles import build_profiles
 from agenticrec.reward import ranking_metrics
 from agenticrec.trainer import (DataStream, MetricsLog, Objective, Sampling, TrainingConfig, agent_config,
-                                collect_groups, evaluate_and_save, frozen_copy, group_stats, load_policy,
-                                make_toolbox, start_run, summarize, sync_rollout, update, update_metrics,
-                                warmup_schedule)
+                                collect_groups, evaluate_and_save, group_stats, load_policy, make_rollout,
+                                make_toolbox, reference_policy, release_rollout, start_run, summarize,
+                                sync_rollout, update, update_metrics, warmup_schedule)
 
 log = logging.getLogger("train_grpo")
 
@@ -104,23 +103,23 @@ def setup(cfg: Config, info: D.DistInfo, out: Path) -> Run:
     layer = preset.layer(out / "preset" / "warm_start") if cfg.model == "preset" else None
     if layer is not None:
         log.info("CPU preset: %s; settings %s", preset.describe(layer), preset.GRPO)
-    toolbox = make_toolbox(data, cfg.tools, preset.toolbox_class(layer))
-    prompt_data, agent_cfg = preset.prompt_data(data, layer), agent_config(cfg)
+    toolbox = make_toolbox(data, cfg.tools, preset.toolbox_class(layer), info)
+    prompt_data = preset.prompt_data(data, layer)
     if layer is not None:
-        model, tokenizer = preset.preset_policy(data, toolbox, agent_cfg, cfg.seed, info, out)
+        model, tokenizer = preset.preset_policy(data, toolbox, agent_config(cfg), cfg.seed, info, out)
     else:
-        model, tokenizer = load_policy(cfg.model, cfg.dtype, info)
+        model, tokenizer = load_policy(cfg.model, info)
     train, valid = load_instances(cfg.dataset, "train"), load_instances(cfg.dataset, "valid")[:cfg.eval_instances]
     profiles = attach_profiles(cfg, toolbox, model, tokenizer, train + valid, layer, info, out)
-    ref_model = D.shard(frozen_copy(model), info, cfg.dtype == "bfloat16") if cfg.kl_coef > 0 else None
+    dtype = getattr(torch, cfg.dtype)
+    ref_model = reference_policy(model, dtype, info) if cfg.kl_coef > 0 else None
     model.activation_checkpointing = cfg.activation_checkpointing
-    model = D.shard(model, info, cfg.dtype == "bfloat16")
+    model = D.shard(model, info, dtype)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = warmup_schedule(optimizer, cfg.warmup_steps)
     stream = DataStream(train, cfg.seed, info)
     start = load_checkpoint(model, optimizer, scheduler, stream, info, out) if cfg.resume else 0
-    rollout = Rollout(Engine(D.refresh_rollout_copy(model, None, info), cfg.max_context), tokenizer, prompt_data,
-                      toolbox, agent_cfg)
+    rollout = make_rollout(model, cfg, info, tokenizer, prompt_data, toolbox)
     steps = cfg.steps or math.ceil(cfg.epochs * len(train) / cfg.batch_size)
     return Run(cfg, info, out, layer, model, ref_model, tokenizer, rollout, optimizer, scheduler, stream, valid,
                steps, start, MetricsLog(out / "metrics.jsonl", info), profiles)
@@ -145,7 +144,7 @@ def attach_profiles(cfg: Config, toolbox, model, tokenizer, instances, layer, in
 
 def main(argv=None) -> None:
     cfg = parse_args(argv)
-    info, out = start_run(cfg.threads, cfg.out)
+    info, out = start_run(cfg.threads, cfg.out, cfg.dist_timeout)
     if cfg.batch_size % info.world:
         raise SystemExit(f"error: --batch-size {cfg.batch_size} is not divisible by {info.world} ranks")
     run = setup(cfg, info, out)
@@ -159,6 +158,7 @@ def main(argv=None) -> None:
         t0 = time.perf_counter()
         sync_rollout(run.rollout, run.model, run.info)
         batch = collect_groups(run.rollout, run.stream, sampling, step, info)  # rollouts and their rewards
+        release_rollout(run.rollout, run.model)  # the copy's memory goes to the update
         t1 = time.perf_counter()
         stats = update(run.model, run.ref_model, run.optimizer, batch, objective, info)  # advantages, loss, step
         run.scheduler.step()

@@ -46,16 +46,15 @@ from agenticrec.agent import Rollout
 from agenticrec.checkpoint import export, load_checkpoint, read_train_config, save_checkpoint, train_config
 from agenticrec.cli import option, parse_flags
 from agenticrec.data import load_dataset, load_instances
-from agenticrec.engine import Engine
 from agenticrec.policy import sft_loss
 from agenticrec.ppr import (answer_text, bidirectional_loss, bidirectional_tasks, choice_margins, mine_pairs,
                             random_pairs, read_pairs, write_pairs)
 from agenticrec.profiles import load_profiles
 from agenticrec.stats import paired_bootstrap
-from agenticrec.trainer import (DataStream, MetricsLog, Objective, Sampling, TrainingConfig, agent_config,
-                                collect_groups, evaluate, frozen_copy, greedy_rollout, greedy_run, group_stats,
-                                load_policy, make_toolbox, start_run, summarize, sync_rollout, update,
-                                update_metrics, warmup_schedule)
+from agenticrec.trainer import (DataStream, MetricsLog, Objective, Sampling, TrainingConfig, collect_groups,
+                                evaluate, greedy_rollout, greedy_run, group_stats, load_policy, make_rollout,
+                                make_toolbox, reference_policy, release_rollout, rows_per_call, start_run,
+                                summarize, sync_rollout, update, update_metrics, warmup_schedule)
 
 log = logging.getLogger("train_ppr")
 
@@ -115,18 +114,28 @@ def mine(rollout: Rollout, instances, cfg: Config, info: D.DistInfo, path: Path,
         pairs, stats = random_pairs(instances, cfg.seed), {"random_negatives": True, "violations": len(instances)}
     else:
         policy = rollout if cfg.mine_sampled else greedy_rollout(rollout)
-        mine_idx = list(range(info.rank, len(instances), info.world))
-        outcomes = []
-        for c in tqdm(range(0, len(mine_idx), cfg.eval_chunk), desc=f"mining {split}", disable=not info.is_main):
-            chunk = mine_idx[c:c + cfg.eval_chunk]
-            seed = cfg.seed + 1_000_003 * info.rank + c
-            outcomes += [(i, t.ranking) for i, t in zip(chunk, policy.run([instances[i] for i in chunk], seed=seed))]
-        outcomes = sorted(o for share in D.all_gather_objects(outcomes, info) for o in share)
+        outcomes = mine_outcomes(policy, instances, cfg, info, split)
         pairs, stats = mine_pairs([SimpleNamespace(instance=instances[i], ranking=r) for i, r in outcomes], cfg.seed)
     if info.is_main:
         write_pairs(path, pairs, stats)
         log.info("%s pairs: %s", split, {k: v for k, v in stats.items() if not isinstance(v, dict)})
     return pairs, stats
+
+
+def mine_outcomes(policy: Rollout, instances, cfg: Config, info: D.DistInfo, split: str) -> list[tuple]:
+    """(instance index, ranking) of every instance, in order. Rank r rolls out instances r, r + world, ...; the
+    outcomes are gathered after every round of engine calls, so no rank runs more than one call ahead of another
+    between collectives (every rank runs the same number of rounds, the last ones possibly empty)."""
+    chunk = rows_per_call(policy, cfg.eval_chunk)
+    share = -(-len(instances) // info.world)  # the largest rank's share
+    outcomes = []
+    for c in tqdm(range(0, share, chunk), desc=f"mining {split}", disable=not info.is_main):
+        mine = list(range(info.rank, len(instances), info.world))[c:c + chunk]
+        seed = cfg.seed + 1_000_003 * info.rank + c
+        done = [(i, t.ranking) for i, t in zip(mine, policy.run([instances[i] for i in mine], seed=seed))] if mine \
+            else []
+        outcomes += [o for part in D.all_gather_objects(done, info) for o in part]
+    return sorted(outcomes)
 
 
 def _mined(path: Path):
@@ -246,20 +255,18 @@ def setup(cfg: Config, info: D.DistInfo, out: Path) -> Run:
     if layer is not None:
         log.info("CPU preset (from %s): %s", cfg.model, preset.describe(layer))
     data = load_dataset(cfg.dataset)
-    toolbox = make_toolbox(data, cfg.tools, preset.toolbox_class(layer))
+    toolbox = make_toolbox(data, cfg.tools, preset.toolbox_class(layer), info)
     profiles = cfg.profiles or saved.get("profiles")
     if profiles and profiles != "none":
         toolbox.profiles = load_profiles(profiles)
     log.info("get_user_profile: %s", f"{len(toolbox.profiles)} LLM profiles from {profiles}" if toolbox.profiles
              else "statistics of the history (no LLM profiles)")
-    model, tokenizer = load_policy(cfg.model, cfg.dtype, info)
-    ref_model = None
-    if cfg.objective == "grpo" and cfg.kl_coef > 0:
-        ref_model = D.shard(frozen_copy(model), info, cfg.dtype == "bfloat16")
-    model = D.shard(model, info, cfg.dtype == "bfloat16")
+    model, tokenizer = load_policy(cfg.model, info)
+    dtype = getattr(torch, cfg.dtype)
+    ref_model = reference_policy(model, dtype, info) if cfg.objective == "grpo" and cfg.kl_coef > 0 else None
+    model = D.shard(model, info, dtype)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    rollout = Rollout(Engine(D.refresh_rollout_copy(model, None, info), cfg.max_context), tokenizer,
-                      preset.prompt_data(data, layer), toolbox, agent_config(cfg))
+    rollout = make_rollout(model, cfg, info, tokenizer, preset.prompt_data(data, layer), toolbox)
     return Run(cfg, info, out, layer, profiles if toolbox.profiles else None, model, ref_model, tokenizer, rollout,
                optimizer, warmup_schedule(optimizer, cfg.warmup_steps))
 
@@ -323,7 +330,7 @@ def build_tasks(run: Run, train_instances, valid) -> Tasks:
 
 def main(argv=None) -> None:
     cfg, taken = parse_args(argv)
-    info, out = start_run(cfg.threads, cfg.out)
+    info, out = start_run(cfg.threads, cfg.out, cfg.dist_timeout)
     if not (Path(cfg.model) / "config.json").is_file():
         raise SystemExit(f"error: --model {cfg.model} is not a model folder; run train_grpo.py first (its out/final)")
     if cfg.batch_size % info.world or (cfg.objective == "logistic" and not cfg.unidirectional and cfg.batch_size % 2):
@@ -379,6 +386,7 @@ def grpo_step(run: Run, stream: DataStream, step: int) -> dict:
     sync_rollout(run.rollout, run.model, info)  # it samples (the logistic objective scores fixed contexts)
     sampling, objective = Sampling.of(cfg, info), Objective.of(cfg)
     batch = collect_groups(run.rollout, stream, sampling, step, info)
+    release_rollout(run.rollout, run.model)  # the copy's memory goes to the update
     stats = update(run.model, run.ref_model, run.optimizer, batch, objective, info)
     return {**summarize(batch.trajectories, info), **group_stats(batch.trajectories, cfg.group_size, info),
             **update_metrics(stats, info), "dropped_groups": D.all_reduce_sum([batch.dropped], info)[0]}

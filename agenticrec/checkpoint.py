@@ -83,9 +83,14 @@ def load_checkpoint(model, optimizer, scheduler, stream, info: D.DistInfo, out: 
 
 def export(model, info: D.DistInfo, folder: Path, tokenizer, train_config: dict) -> None:
     """The trained policy as a Hugging Face folder (transformers loads it; stage 2 starts here) with its tokenizer
-    and ``train_config.json`` (``train_config``: {"script", "config", "preset", ...})."""
+    and ``train_config.json`` (``train_config``: {"script", "config", "preset", ...}). The weights are written in
+    the dtype the model computes in (bf16 for a bf16 run, whose master weights are fp32), which config.json's
+    ``torch_dtype`` states."""
     state = D.full_state_dict(model, info, cpu=True)
+    dtype = D.compute_dtype(model)
     if info.is_main:
+        for name in list(state):  # one tensor at a time: never two full copies on the host
+            state[name] = state[name].to(dtype)
         save_pretrained(model, folder, state_dict=state)
         tokenizer.save_pretrained(str(folder))
         (folder / TRAIN_CONFIG).write_text(json.dumps(train_config, indent=2))

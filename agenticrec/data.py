@@ -29,7 +29,9 @@ import argparse
 import gzip
 import json
 import logging
+import os
 import sys
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,10 +84,16 @@ def read_jsonl(path: Path, max_bad_fraction: float = 0.01) -> Iterator[dict]:
             raise DataError(f"{path}: {bad} of {total} lines are malformed")
 
 
+def temp_path(path: Path) -> Path:
+    """A temporary name beside ``path``, unique to this process and call: write it, then ``replace`` it onto
+    ``path`` (atomic), so that concurrent writers (ranks, runs sharing a cache) never write the same file."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+
+
 def write_jsonl(path: Path, records: Iterable[dict]) -> int:
     """Write records as gzipped JSON lines, atomically (temp file + rename). mtime 0 keeps the bytes reproducible."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temp_path(path)
     n = 0
     with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
         for record in records:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -36,8 +37,10 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(device: str | None = None) -> DistInfo:
-    """Single process unless launched by torchrun (RANK and WORLD_SIZE set)."""
+def init_distributed(device: str | None = None, timeout_minutes: float = 60.0) -> DistInfo:
+    """Single process unless launched by torchrun (RANK and WORLD_SIZE set). ``timeout_minutes``: how long a
+    collective may wait for a peer before the run aborts (NCCL's default, 10 minutes, is shorter than one rank's
+    refill rounds or PPR mining can run ahead of another)."""
     cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         dev = torch.device(device or ("cuda" if cuda else "cpu"))
@@ -49,18 +52,26 @@ def init_distributed(device: str | None = None) -> DistInfo:
         torch.cuda.set_device(local_rank)
     dev = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(minutes=timeout_minutes),
+                                device_id=dev if cuda else None)  # device_id: NCCL binds its communicator eagerly
     mesh = init_device_mesh(dev.type, (world,))
     return DistInfo(rank, world, local_rank, dev, mesh)
 
 
-def shard(model: torch.nn.Module, info: DistInfo, bf16: bool = False) -> torch.nn.Module:
-    """FSDP2 over the decoder layers and the root; a no-op in a single process."""
+def shard(model: torch.nn.Module, info: DistInfo, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """FSDP2 over the decoder layers and the root, computing in ``dtype`` over fp32 master weights (bf16: a
+    ``MixedPrecisionPolicy`` with fp32 gradient reduction). In a single process nothing is sharded and a bf16
+    ``dtype`` is autocast over the fp32 weights (``Qwen3.compute_dtype``): either way the optimiser updates fp32
+    weights, so an lr-1e-6 step is not rounded away."""
+    if next(model.parameters()).dtype != torch.float32 and any(p.requires_grad for p in model.parameters()):
+        raise ValueError("trainable weights must be float32 (master weights); compute in bf16 with dtype=")
+    model.compute_dtype = None if dtype == torch.float32 else dtype
     if info.world == 1:
         return model
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    mp = (MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32) if dtype != torch.float32
+          else MixedPrecisionPolicy())
     for layer in model.model["layers"]:
         fully_shard(layer, mesh=info.mesh, mp_policy=mp)
     fully_shard(model, mesh=info.mesh, mp_policy=mp)
@@ -75,20 +86,33 @@ def full_state_dict(model: torch.nn.Module, info: DistInfo, cpu: bool = False) -
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=cpu))
 
 
+def compute_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype ``model`` computes in (``shard``'s ``dtype``): what its rollout copy and reference are kept in."""
+    return getattr(model, "compute_dtype", None) or next(model.parameters()).dtype
+
+
 @torch.no_grad()
 def refresh_rollout_copy(model: torch.nn.Module, copy: torch.nn.Module | None, info: DistInfo) -> torch.nn.Module:
-    """A plain module with the current full weights for generation (the model itself in a single process)."""
-    if info.world == 1:
-        return model
-    from agenticrec.model import Qwen3
+    """A plain module with the current full weights in the compute dtype, for generation; the model itself when
+    it is unsharded and already in that dtype (one process, fp32).
 
-    state = full_state_dict(model, info)
-    if copy is None:
+    The copy is filled tensor by tensor: each parameter is all-gathered (a collective: every rank walks the same
+    names in the same order), cast and copied, so the transient is one full fp32 tensor, never a whole fp32 state
+    dict. ``copy`` None (or released) builds a new one on meta first."""
+    dtype = compute_dtype(model)
+    if info.world == 1 and next(model.parameters()).dtype == dtype:
+        return model
+    from torch.distributed.tensor import DTensor
+
+    from agenticrec.model import Qwen3
+    if copy is None or copy is model:
         with torch.device("meta"):
             copy = Qwen3(model.config)
-        copy = copy.to_empty(device=info.device)
+        copy = copy.to(dtype).to_empty(device=info.device)
         copy.tie_weights()
-    copy.load_state_dict(state)
+    targets = dict(copy.named_parameters())
+    for name, p in model.named_parameters():
+        targets[name].copy_(p.full_tensor() if isinstance(p, DTensor) else p)
     return copy.eval()
 
 

@@ -23,7 +23,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from agenticrec.model import Qwen3
 
@@ -72,46 +71,61 @@ class Row:
 TurnHandler = Callable[[int, Row], "list[int] | None"]
 
 
-class KVCache:
-    """Preallocated keys and values, [B, H_kv, S, D] per layer. Slot j of a row holds position j.
+def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
+    """Bytes of keys and values one token occupies in the cache, over all layers."""
+    return 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * dtype.itemsize
 
-    ``rows`` selects which cache rows the next forward reads and writes (None = all, in order, without copies);
-    the engine sets it before each forward. Capacity S grows by doubling up to ``max_len`` (plus room for
-    padding), so a long context limit does not cost memory until rows actually get long.
+
+class KVCache:
+    """Keys and values, [layers, rows, H_kv, S, D] each, allocated ONCE per engine call at the context limit:
+    slot j of a row holds position j. ``k[layer]`` is one layer's [rows, H_kv, S, D] view.
+
+    Nothing ever reallocates it: there is no growth (S = max_len from the start; the engine's byte budget sizes
+    the calls so that this fits), and compaction and prefix sharing move rows inside the tensor (``move_rows``),
+    so a call never holds two caches. ``rows`` selects which rows the next forward reads and writes (None = the
+    first R, in order, without copies); the engine sets it before each forward.
     """
 
-    def __init__(self, model: Qwen3, batch: int, max_len: int, initial_len: int = 256):
+    def __init__(self, model: Qwen3, rows: int, max_len: int):
         cfg, p = model.config, next(model.parameters())
-        self.max_len = max_len
-        shape = (batch, cfg.num_key_value_heads, min(initial_len, max_len), cfg.head_dim)
-        self.k = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in range(cfg.num_hidden_layers)]
-        self.v = [torch.zeros_like(k) for k in self.k]
+        shape = (cfg.num_hidden_layers, rows, cfg.num_key_value_heads, max_len, cfg.head_dim)
+        self.k = torch.zeros(shape, dtype=p.dtype, device=p.device)
+        self.v = torch.zeros_like(self.k)
         self.rows: torch.Tensor | None = None
+        self.filled = 0  # slots 0..filled-1 hold data in some row: what moving a row has to copy
 
     @property
     def capacity(self) -> int:
-        return self.k[0].shape[2]
+        return self.k.shape[3]
 
-    def ensure_capacity(self, needed: int) -> None:
-        if needed <= self.capacity:
-            return
-        new_len = max(needed, min(2 * self.capacity, self.max_len))
-        grow = lambda t: F.pad(t, (0, 0, 0, new_len - t.shape[2]))  # noqa: E731  (pad the slot dim)
-        self.k, self.v = [grow(t) for t in self.k], [grow(t) for t in self.v]
+    @property
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes
 
-    def keep(self, index: torch.Tensor) -> None:
-        """Reorder / drop / repeat rows: row i of the new cache is row index[i] of the old one."""
-        self.k = [t.index_select(0, index) for t in self.k]
-        self.v = [t.index_select(0, index) for t in self.v]
+    def move_rows(self, index: list[int]) -> None:
+        """Row i becomes old row index[i], in place: dropping rows (every index[i] >= i, copied upwards in order)
+        or repeating them (every index[i] <= i, copied in reverse order); each copy reads a row not yet written."""
+        if all(src >= i for i, src in enumerate(index)):
+            order = range(len(index))
+        elif all(src <= i for i, src in enumerate(index)):
+            order = reversed(range(len(index)))
+        else:
+            raise ValueError(f"move_rows needs a monotone row map, got {index[:8]}...")
+        used = slice(0, self.filled)
+        for i in order:
+            if index[i] != i:
+                self.k[:, i, :, used].copy_(self.k[:, index[i], :, used])
+                self.v[:, i, :, used].copy_(self.v[:, index[i], :, used])
 
     def update(self, layer_idx: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         k_buf, v_buf = self.k[layer_idx], self.v[layer_idx]
+        self.filled = max(self.filled, kv_len)
         rows = self.rows if self.rows is not None else torch.arange(k.shape[0], device=k.device)
         k_buf[rows[:, None], :, positions] = k.transpose(1, 2)  # [R, T, H_kv, D] into slots positions[r, t]
         v_buf[rows[:, None], :, positions] = v.transpose(1, 2)
         if self.rows is None:
-            return k_buf[:, :, :kv_len], v_buf[:, :, :kv_len]  # views: no copy on the decode path
+            return k_buf[:len(rows), :, :kv_len], v_buf[:len(rows), :, :kv_len]  # views: no copy when decoding
         return k_buf[rows, :, :kv_len], v_buf[rows, :, :kv_len]
 
 
@@ -148,11 +162,26 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.
 
 class Engine:
     """Batched multi-turn generation with a KV cache. ``max_len``: the context limit of every row (prompt and
-    all turns and forced tokens together); a row that reaches it finishes with reason "context"."""
+    all turns and forced tokens together); a row that reaches it finishes with reason "context".
 
-    def __init__(self, model: Qwen3, max_len: int):
-        self.model, self.max_len = model, max_len
+    ``kv_budget``: bytes the cache of one call may take (None = unbounded). Every row is allocated at
+    ``max_len``, so a call holds at most ``max_rows`` rows; callers size their calls by it, and a call over it is
+    an error, never an out-of-memory halfway through. ``model`` may be replaced (or set to None) between calls."""
+
+    def __init__(self, model: Qwen3, max_len: int, kv_budget: int | None = None):
+        self.model, self.max_len, self.kv_budget = model, max_len, kv_budget
         self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.row_bytes = max_len * kv_bytes_per_token(model.config, self.dtype)
+        if kv_budget is not None and kv_budget < self.row_bytes:
+            raise ValueError(f"a KV budget of {kv_budget / 1e9:.3f} GB holds no row of {max_len} tokens "
+                             f"({self.row_bytes / 1e9:.3f} GB each)")
+        self.cache: KVCache | None = None
+
+    @property
+    def max_rows(self) -> int | None:
+        """The most rows (prompts x group size) one call may hold within the byte budget."""
+        return None if self.kv_budget is None else self.kv_budget // self.row_bytes
 
     @torch.no_grad()
     def run(self, prompts: Sequence[Sequence[int]], params: SamplingParams, on_turn_end: TurnHandler | None = None,
@@ -161,17 +190,27 @@ class Engine:
 
         Without ``on_turn_end`` every row finishes at its first stop (plain generation).
         """
+        if self.max_rows is not None and len(prompts) * group_size > self.max_rows:
+            raise ValueError(f"{len(prompts)} prompts x {group_size} rows exceed the KV budget of "
+                             f"{self.kv_budget / 1e9:.3f} GB ({self.max_rows} rows of {self.max_len} tokens)")
         too_long = [i for i, p in enumerate(prompts) if not 0 < len(p) < self.max_len]
         if too_long:
             raise ValueError(f"prompt(s) {too_long[:5]} are empty or do not fit max_len={self.max_len} "
                              f"(lengths {[len(prompts[i]) for i in too_long[:5]]})")
         generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
         rows = [Row(list(p), [0] * len(p), [0.0] * len(p), len(p), len(p)) for p in prompts for _ in range(group_size)]
-        logits = self.prefill(prompts, reserve=params.max_new_tokens)
+        try:
+            self._loop(rows, prompts, params, on_turn_end, group_size, generator)
+        finally:
+            self.cache = None  # the cache lives for one call only
+        return rows
+
+    def _loop(self, rows, prompts, params, on_turn_end, group_size, generator) -> None:
+        logits = self.prefill(prompts, rows=len(rows))
         if group_size > 1:  # prefix sharing: one prefill, G copies of its cache and next-token logits
-            shared = torch.arange(len(prompts), device=self.device).repeat_interleave(group_size)
+            shared = [p for p in range(len(prompts)) for _ in range(group_size)]
             self.keep(shared)
-            logits = logits.index_select(0, shared)
+            logits = logits.index_select(0, torch.tensor(shared, device=self.device))
         active = list(range(len(rows)))  # active[i] = index in rows of cache row i
         while active:
             tokens, logprobs = sample(logits, params, generator)
@@ -180,10 +219,9 @@ class Engine:
             keep = [i for i, chunk in enumerate(pending) if chunk]
             if len(keep) < len(active):  # compact: finished rows stop costing compute
                 active, pending = [active[i] for i in keep], [pending[i] for i in keep]
-                self.keep(torch.tensor(keep, dtype=torch.long, device=self.device))
+                self.keep(keep)
             if active:
                 logits = self.feed(pending)
-        return rows
 
     def _advance(self, rows: list[Row], r: int, token: int, logprob: float, params: SamplingParams,
                  on_turn_end: TurnHandler | None) -> list[int]:
@@ -225,19 +263,20 @@ class Engine:
 
     # The three cache operations below are public so tests can check cached logits against recomputation.
 
-    def keep(self, index: torch.Tensor) -> None:
-        """Cache row i becomes old row index[i] (drop finished rows, or repeat rows for prefix sharing)."""
-        self.cache.keep(index)
-        self.lens = self.lens.index_select(0, index)
+    def keep(self, index: list[int]) -> None:
+        """Cache row i becomes old row index[i] (drop finished rows, or repeat rows for prefix sharing), in place."""
+        self.cache.move_rows(index)
+        self.lens = self.lens[torch.tensor(index, dtype=torch.long, device=self.device)]
 
-    def prefill(self, prompts: Sequence[Sequence[int]], reserve: int = 0) -> torch.Tensor:
-        """Start a fresh cache with one row per prompt; return the next-token logits [P, V] after each prompt.
+    def prefill(self, prompts: Sequence[Sequence[int]], rows: int | None = None) -> torch.Tensor:
+        """Start a fresh cache of ``rows`` rows (default one per prompt) with prompt i in row i; return the
+        next-token logits [P, V] after each prompt.
 
         Prompts are encoded in length-sorted groups of at most PREFILL_TOKEN_BUDGET padded tokens, so short prompts
-        are not padded to the longest one. ``reserve``: slots to preallocate beyond the longest prompt.
+        are not padded to the longest one.
         """
-        self.cache = KVCache(self.model, len(prompts), self.max_len,
-                             initial_len=max(len(p) for p in prompts) + reserve)
+        self.cache = None  # the previous call's cache goes before the next one is allocated
+        self.cache = KVCache(self.model, rows or len(prompts), self.max_len)
         self.lens = torch.zeros(len(prompts), dtype=torch.long, device=self.device)  # tokens cached per row
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         logits: list[torch.Tensor | None] = [None] * len(prompts)
@@ -274,8 +313,8 @@ class Engine:
         width = int(lengths.max())
         ids = torch.tensor([c + [0] * (width - len(c)) for c in chunks], device=self.device)
         starts = self.lens if rows is None else self.lens[rows]
-        positions = starts[:, None] + torch.arange(width, device=self.device)  # [R, width]
-        self.cache.ensure_capacity(int(positions.max()) + 1)
+        # padding past the context limit goes to the last slot, which no real token uses (rows end before it)
+        positions = (starts[:, None] + torch.arange(width, device=self.device)).clamp(max=self.max_len - 1)
         self.cache.rows = rows
         logits = self.model(ids, positions, self.cache, last_index=lengths - 1)  # [R, V]
         if rows is None:

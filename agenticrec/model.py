@@ -249,6 +249,9 @@ class Qwen3(nn.Module):
         ))
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.activation_checkpointing = False  # recompute each layer in the backward pass (training long contexts)
+        # bf16 mixed precision over fp32 weights in one process (autocast; FSDP's MixedPrecisionPolicy does it
+        # under torchrun): None = compute in the weights' dtype. Set by agenticrec.distributed.shard.
+        self.compute_dtype: torch.dtype | None = None
         self.tie_weights()
         if not any(p.is_meta for p in self.parameters()):
             self.reset_parameters()
@@ -306,6 +309,13 @@ class Qwen3(nn.Module):
         in chunks so that the [B, T, V] logits never exist at once; ``target_mask`` [B, T] restricts the LM head
         to the positions that matter (0 elsewhere: a loss over sampled tokens needs no logits for observations).
         Everything runs inside ``forward`` so that FSDP's hooks gather the embedding, final norm and LM head too."""
+        weights = self.model["norm"].weight.dtype  # under FSDP: already the gathered, cast parameters
+        if self.compute_dtype is not None and self.compute_dtype != weights:
+            with torch.autocast(input_ids.device.type, dtype=self.compute_dtype):
+                return self._forward(input_ids, positions, kv_cache, last_index, targets, target_mask, temperature)
+        return self._forward(input_ids, positions, kv_cache, last_index, targets, target_mask, temperature)
+
+    def _forward(self, input_ids, positions, kv_cache, last_index, targets, target_mask, temperature):
         hidden = self.hidden_states(input_ids, positions, kv_cache)
         if last_index is not None:
             return self.lm_head(hidden[torch.arange(len(hidden), device=hidden.device), last_index])

@@ -40,21 +40,24 @@ def group_logprobs(model, prompt: list[int], continuations: list[list[int]], tem
     device = next(model.parameters()).device
     P, G = len(prompt), len(continuations)
     L = max(len(c) for c in continuations)
+    width = max(L, 2)  # the continuation pass always runs (an FSDP forward is a collective: same count on every rank)
     cache = PrefixCache()
     prompt_ids = torch.tensor([prompt], device=device)
     first = torch.tensor([[c[0]] for c in continuations], device=device)  # [G, 1]
     prompt_logits = model(prompt_ids, kv_cache=cache, last_index=torch.tensor([P - 1], device=device))  # [1, V]
     first_lp = (prompt_logits.float() / temperature).log_softmax(-1)[0, first[:, 0]][:, None]  # [G, 1]
-    if L == 1:
-        return first_lp
-    ids = torch.tensor([c + [0] * (L - len(c)) for c in continuations], device=device)  # [G, L]
-    positions = (P + torch.arange(L - 1, device=device)).expand(G, L - 1)
-    wanted = None if mask is None else mask[:, 1:].to(device) > 0
-    rest_lp = model(ids[:, :-1], positions, cache, targets=ids[:, 1:], target_mask=wanted,
-                    temperature=temperature)  # [G, L - 1]
+    ids = torch.tensor([c + [0] * (width - len(c)) for c in continuations], device=device)  # [G, width]
+    positions = (P + torch.arange(width - 1, device=device)).expand(G, width - 1)
     lengths = torch.tensor([len(c) for c in continuations], device=device)
-    valid = torch.arange(L, device=device)[None] < lengths[:, None]
-    return torch.cat([first_lp, rest_lp], dim=1) * valid
+    wanted = torch.arange(1, width, device=device)[None] < lengths[:, None]  # real targets only (never padding)
+    if mask is not None:
+        wanted[:, :L - 1] &= mask[:, 1:].to(device) > 0
+    if not wanted.any():  # score one padding position per row (times 0 below): the same graph on every rank
+        wanted[:, 0] = True
+    rest_lp = model(ids[:, :-1], positions, cache, targets=ids[:, 1:], target_mask=wanted,
+                    temperature=temperature)  # [G, width - 1]
+    valid = torch.arange(width, device=device)[None] < lengths[:, None]
+    return (torch.cat([first_lp, rest_lp], dim=1) * valid)[:, :L]
 
 
 def sft_loss(model, batch: list[tuple[list[int], list[int]]], device) -> torch.Tensor:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from agenticrec.data import Instance
+from agenticrec.data import Instance, temp_path
 from agenticrec.tasks import LESS, MORE, PreferenceTask
 
 
@@ -94,12 +94,11 @@ def random_pairs(instances: list[Instance], seed: int = 0) -> list[Pair]:
 def write_pairs(path: Path, pairs: list[Pair], stats: dict) -> None:
     """Pairs as JSON lines and the statistics beside them (``<name>.stats.json``), each written atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(asdict(p)) + "\n" for p in pairs))
-    tmp.replace(path)
-    stats_path = path.with_suffix(".stats.json")
-    stats_path.with_suffix(".tmp").write_text(json.dumps(stats, indent=2))
-    stats_path.with_suffix(".tmp").replace(stats_path)
+    for file, text in ((path, "".join(json.dumps(asdict(p)) + "\n" for p in pairs)),
+                       (path.with_suffix(".stats.json"), json.dumps(stats, indent=2))):
+        tmp = temp_path(file)
+        tmp.write_text(text)
+        tmp.replace(file)
 
 
 def read_pairs(path: Path) -> list[Pair]:

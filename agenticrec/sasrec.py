@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from agenticrec.data import Dataset, Instance, training_sequences
+from agenticrec.data import Dataset, Instance, temp_path, training_sequences
 from agenticrec.reward import ndcg_at
 
 log = logging.getLogger("agenticrec.sasrec")
@@ -213,7 +213,7 @@ def load_or_train(data: Dataset, valid: list[Instance], cfg: SASRecConfig | None
             log.warning("%s: unreadable cache entry (%s); retraining", file, err)
     model, report = train_sasrec(data, valid, cfg, train_cfg)
     file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(file.name + ".tmp")
+    tmp = temp_path(file)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
               metadata={"report": json.dumps(report)})
     tmp.replace(file)

@@ -28,6 +28,7 @@ from agenticrec.agent import (CONTEXT_LIMIT, TOOL_BUDGET_EXCEEDED, TOOLS_DISABLE
                               Rollout, Trajectory)
 from agenticrec.cli import option
 from agenticrec.data import Dataset, load_instances
+from agenticrec.engine import Engine
 from agenticrec.grpo import advantage_stats, group_advantages, grpo_loss, keep_group
 from agenticrec.model import load_pretrained
 from agenticrec.parsing import Reason
@@ -44,16 +45,20 @@ log = logging.getLogger("agenticrec.trainer")
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def start_run(threads: int, out: str) -> tuple[D.DistInfo, Path]:
+def start_run(threads: int, out: str, timeout_minutes: float = 60.0) -> tuple[D.DistInfo, Path]:
     """Logging, pinned threads, the process group and the output folder: the start of every training script."""
     warnings.filterwarnings("ignore", message=".*assuming the intent is to (save|load) in a single process")
     warnings.filterwarnings("ignore", message=".*lr_scheduler.step\\(\\)` before `optimizer.step\\(\\)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(threads)
-    info = D.init_distributed()
+    info = D.init_distributed(timeout_minutes=timeout_minutes)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     return info, folder
+
+
+CPU_KV_BUDGET_GB = 4.0  # the default KV budget of one engine call on CPU
+KV_FREE_FRACTION = 0.8  # of the free GPU memory; the rest covers decoding's transients (logits, attention)
 
 
 @dataclass
@@ -80,26 +85,43 @@ class TrainingConfig:
     drop_all_negative: bool = option(True, "dynamic sampling: drop groups whose rewards are all negative")
     drop_all_equal: bool = option(False, "also drop groups with zero reward variance (equal rewards)")
     refill_rounds: int = option(3, "extra rollout rounds to refill dropped groups")
-    rollout_groups: int = option(
-        0, "groups per engine call (bounds the KV cache); 0 = all of this rank's groups at once")
+    kv_budget: float = option(
+        0.0, "GB of KV cache one engine call may take; it sets how many rows each call holds (rows are allocated at "
+             f"--max-context). 0 = auto: on GPU {KV_FREE_FRACTION:.0%} of the memory free once the model, its "
+             f"rollout copy, the reference and the optimiser states are counted; on CPU {CPU_KV_BUDGET_GB:g} GB")
+    rollout_groups: int = option(0, "at most this many groups per rollout call; 0 = as many as --kv-budget holds")
     eval_instances: int = option(1000, "valid instances per evaluation (greedy)")
-    eval_chunk: int = option(250, "instances per engine call in evaluation (bounds the KV cache)")
+    eval_chunk: int = option(0, "at most this many instances per evaluation / mining call; 0 = as --kv-budget holds")
     checkpoint_every: int = option(50, "steps between checkpoints")
     resume: bool = option(False, "continue from out/checkpoints/latest")
-    dtype: str = option("float32", "float32 | bfloat16 (FSDP mixed precision on GPU)")
+    dtype: str = option("float32", "compute dtype, float32 | bfloat16: bf16 mixed precision over fp32 master weights "
+                                   "(FSDP's under torchrun, autocast in one process); rollouts, the reference and "
+                                   "the export are in this dtype")
+    dist_timeout: float = option(60.0, "minutes a collective waits for a slower rank before the run aborts")
     threads: int = option(2, "torch threads per process (pinned: budget by steps, not wall clock)")
     seed: int = option(0, "all randomness derives from (seed, step, rank)")
     stop_after: int = option(0, "stop after this many steps of this run (tests of resume); 0 = no stop")
 
 
-def make_toolbox(data: Dataset, tools: str, toolbox_class=Toolbox) -> Toolbox:
-    """The toolbox over ``data`` with SASRec fitted on its train split; ``tools`` is "all", "none" (every tool is
-    built; the agent is told of none) or a comma list."""
+def make_toolbox(data: Dataset, tools: str, toolbox_class=Toolbox, info: D.DistInfo | None = None) -> Toolbox:
+    """The toolbox over ``data`` with SASRec fitted on its train split (trained once, by rank 0, on a first run);
+    ``tools`` is "all", "none" (every tool is built; the agent is told of none) or a comma list."""
     enabled = None if tools in ("all", "none") else tuple(tools.split(","))
     unknown = set(enabled or ()) - {t.name for t in TOOLS}
     if unknown:
         raise SystemExit(f"error: unknown tool(s) in --tools: {', '.join(sorted(unknown))}")
-    return toolbox_class(data, load_or_train(data, load_instances(data.name, "valid")), enabled=enabled)
+    sasrec = rank0_first(lambda: load_or_train(data, load_instances(data.name, "valid")), info)
+    return toolbox_class(data, sasrec, enabled=enabled)
+
+
+def rank0_first(build, info: D.DistInfo | None):
+    """``build()`` on rank 0, then, after a barrier, on the other ranks: for artifacts cached on disk (SASRec, the
+    preset's tokenizer), which rank 0 builds and writes once and the others then read."""
+    if info is None or info.world == 1:
+        return build()
+    result = build() if info.is_main else None
+    D.barrier(info)
+    return result if info.is_main else build()
 
 
 def agent_config(cfg, temperature: float | None = None) -> AgentConfig:
@@ -110,22 +132,71 @@ def agent_config(cfg, temperature: float | None = None) -> AgentConfig:
                        temperature=cfg.temperature if temperature is None else temperature)
 
 
-def load_policy(folder: str, dtype: str, info: D.DistInfo):
-    """(model, tokenizer) of a Hugging Face Qwen3 folder. Under FSDP the weights load in fp32: FSDP keeps fp32
-    master weights and casts to ``dtype`` for compute."""
+def load_policy(folder: str, info: D.DistInfo):
+    """(model, tokenizer) of a Hugging Face Qwen3 folder, the weights in fp32 whatever they are stored in: they are
+    the master weights the optimiser updates; ``D.shard`` sets the dtype the model computes in."""
     from agenticrec.tokenizer import load_tokenizer
-    weights = torch.float32 if info.world > 1 else getattr(torch, dtype)
-    return load_pretrained(folder, dtype=weights, device=info.device), load_tokenizer(folder)
+    return load_pretrained(folder, dtype=torch.float32, device=info.device), load_tokenizer(folder)
+
+
+def reference_policy(model: torch.nn.Module, dtype: torch.dtype, info: D.DistInfo) -> torch.nn.Module:
+    """The frozen reference of the KL term: a copy of ``model`` stored in the compute ``dtype`` (no master weights:
+    it is never updated), sharded like the policy."""
+    return D.shard(frozen_copy(model).to(dtype), info, dtype)
+
+
+def make_rollout(model: torch.nn.Module, cfg, info: D.DistInfo, tokenizer, prompt_data, toolbox) -> Rollout:
+    """The agent loop over an engine that generates with ``model``'s rollout copy (``sync_rollout``), each call
+    within ``kv_budget``'s bytes."""
+    copy = D.refresh_rollout_copy(model, None, info)
+    budget = kv_budget(cfg.kv_budget, model, info)
+    engine = Engine(copy, cfg.max_context, budget)
+    log.info("rollouts in %s; KV budget %.2f GB per engine call: %d rows of %d tokens", engine.dtype, budget / 1e9,
+             engine.max_rows, cfg.max_context)
+    return Rollout(engine, tokenizer, prompt_data, toolbox, agent_config(cfg))
+
+
+def kv_budget(gb: float, model: torch.nn.Module, info: D.DistInfo) -> int:
+    """Bytes of KV cache per engine call: ``gb`` when given (> 0); on CPU ``CPU_KV_BUDGET_GB``; on GPU
+    ``KV_FREE_FRACTION`` of the free memory less AdamW's two fp32 moments (allocated at the first step), the
+    smallest over ranks so that every rank sizes its calls alike. Call it with the rollout copy resident."""
+    if gb > 0:
+        return int(gb * 1e9)
+    if info.device.type != "cuda":
+        return int(CPU_KV_BUDGET_GB * 1e9)
+    free, _ = torch.cuda.mem_get_info(info.device)
+    local = sum(p.to_local().nbytes if hasattr(p, "to_local") else p.nbytes
+                for p in model.parameters() if p.requires_grad)
+    budget = int(KV_FREE_FRACTION * (free - 2 * local))
+    return min(D.all_gather_objects(budget, info))
+
+
+def rows_per_call(rollout: Rollout, cap: int = 0, group_size: int = 1) -> int:
+    """Instances per engine call: as many as the engine's KV budget holds (each brings ``group_size`` rows), and at
+    most ``cap`` (0 = no cap)."""
+    fit = rollout.engine.max_rows
+    if fit is not None and fit < group_size:
+        raise SystemExit(f"error: the KV budget holds {fit} rows of {rollout.engine.max_len} tokens, fewer than one "
+                         f"group of {group_size}; raise --kv-budget or lower --max-context")
+    sizes = [n for n in (cap, fit // group_size if fit is not None else 0) if n > 0]
+    return min(sizes) if sizes else 1 << 30
 
 
 def sync_rollout(rollout: Rollout, model: torch.nn.Module, info: D.DistInfo) -> None:
-    """Rollouts sample from the current weights: under FSDP an unsharded copy, refreshed in place; in one process
-    the model itself."""
+    """Rollouts sample from the current weights: an unsharded copy in the compute dtype, refreshed in place (or
+    rebuilt after ``release_rollout``); in one fp32 process the model itself."""
     rollout.engine.model = D.refresh_rollout_copy(model, rollout.engine.model, info)
 
 
+def release_rollout(rollout: Rollout, model: torch.nn.Module) -> None:
+    """Free the rollout copy while the update runs (it is rebuilt by the next ``sync_rollout``); a no-op when the
+    copy is the model itself."""
+    if rollout.engine.model is not model:
+        rollout.engine.model = None
+
+
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """The reference policy: a copy of ``model`` in eval mode with no gradients."""
+    """A copy of ``model`` in eval mode with no gradients."""
     ref = copy.deepcopy(model).eval()
     for p in ref.parameters():
         p.requires_grad_(False)
@@ -179,7 +250,7 @@ class Sampling:
     drop_all_negative: bool  # drop groups whose rewards are all negative
     drop_all_equal: bool  # drop groups with zero reward variance
     refill_rounds: int  # extra rollout rounds to refill dropped groups
-    rollout_groups: int  # groups per engine call; 0 = all of them at once
+    rollout_groups: int  # at most this many groups per engine call; 0 = as many as the KV budget holds
     seed: int
 
     @classmethod
@@ -208,7 +279,7 @@ def collect_groups(rollout: Rollout, stream: DataStream, sampling: Sampling, ste
     kept, dropped, all_trajectories = [], [], []
     for round_ in range(1 + sampling.refill_rounds):
         instances = stream.take(need - len(kept))
-        chunk = sampling.rollout_groups or len(instances)
+        chunk = rows_per_call(rollout, sampling.rollout_groups, G)
         trajectories = []
         for c in range(0, len(instances), chunk):
             key = f"{sampling.seed}-{step}-{info.rank}-{round_}-{c}"
@@ -306,6 +377,7 @@ def update(model, ref_model, optimizer, batch: GroupBatch, objective: Objective,
             metrics["nonfinite_skipped"] += 1
             continue
         optimizer.step()
+    optimizer.zero_grad(set_to_none=True)  # no gradients held through the next rollout phase
     metrics["grad_norm"] = float(grad_norm)
     trained = advantages * torch.tensor(batch.weights)[:, None]  # what the loss sees: 0 for a padded group
     metrics.update(advantage_stats(trained))
@@ -354,27 +426,28 @@ def greedy_rollout(rollout: Rollout) -> Rollout:
                    dataclasses.replace(rollout.cfg, temperature=0.0))
 
 
-def greedy_run(rollout: Rollout, instances, chunk: int, desc: str | None = None) -> list[Trajectory]:
-    """Greedy trajectories of ``instances``, ``chunk`` per engine call (bounds the KV cache); a tqdm bar when
-    ``desc`` is given."""
-    greedy = greedy_rollout(rollout)
+def greedy_run(rollout: Rollout, instances, cap: int = 0, desc: str | None = None) -> list[Trajectory]:
+    """Greedy trajectories of ``instances``, as many per engine call as the KV budget holds (at most ``cap``); a
+    tqdm bar when ``desc`` is given."""
+    greedy, chunk = greedy_rollout(rollout), rows_per_call(rollout, cap)
     starts = tqdm(range(0, len(instances), chunk), desc=desc, leave=False, disable=desc is None)
     return [t for c in starts for t in greedy.run(instances[c:c + chunk])]
 
 
-def evaluate(rollout: Rollout, instances, info: D.DistInfo, chunk: int = 250) -> tuple[dict, list[int]]:
-    """Greedy rollouts on fixed instances (split over ranks, ``chunk`` per engine call): metrics summed over
-    ranks, and every instance's target rank in order (0 = absent or invalid; for paired comparisons)."""
-    trajectories = greedy_run(rollout, instances[info.rank::info.world], chunk)
+def evaluate(rollout: Rollout, instances, info: D.DistInfo, cap: int = 0) -> tuple[dict, list[int]]:
+    """Greedy rollouts on fixed instances (split over ranks; engine calls sized by the KV budget, at most ``cap``
+    instances): metrics summed over ranks, and every instance's target rank in order (0 = absent or invalid; for
+    paired comparisons)."""
+    trajectories = greedy_run(rollout, instances[info.rank::info.world], cap)
     ranks = [0.0] * len(instances)
     for i, t in zip(range(info.rank, len(instances), info.world), trajectories):
         ranks[i] = float(t.rank or 0)
     return summarize(trajectories, info, prefix="eval_"), [int(r) for r in D.all_reduce_sum(ranks, info)]
 
 
-def evaluate_and_save(rollout: Rollout, instances, info: D.DistInfo, out: Path, step: int, chunk: int) -> dict:
+def evaluate_and_save(rollout: Rollout, instances, info: D.DistInfo, out: Path, step: int, cap: int = 0) -> dict:
     """``evaluate``, with every instance's target rank kept in out/evals/step_N.json for paired comparisons."""
-    metrics, ranks = evaluate(rollout, instances, info, chunk)
+    metrics, ranks = evaluate(rollout, instances, info, cap)
     if info.is_main:
         (out / "evals").mkdir(exist_ok=True)
         (out / "evals" / f"step_{step:06d}.json").write_text(json.dumps({"step": step, **metrics, "ranks": ranks}))

@@ -83,7 +83,7 @@ def test_cached_logits_equal_full_recomputation(model):
         logits = engine.feed(pending)
         rows = [r + p for r, p in zip(rows, pending)]
     assert_cache_matches_recomputation(model, rows, logits)
-    keep = torch.tensor([4, 1])  # compaction keeps each surviving row's cache
+    keep = [4, 1]  # compaction keeps each surviving row's cache
     engine.keep(keep)
     logits = engine.feed([[5], [6, 7, 8]])
     assert_cache_matches_recomputation(model, [rows[4] + [5], rows[1] + [6, 7, 8]], logits)

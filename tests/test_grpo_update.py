@@ -11,6 +11,8 @@ the mask the rollout recorded. A consistent bug (a shifted mask, a wrong normali
 passes the invariance tests (1 rank = 4 ranks, resume = uninterrupted); it fails these.
 """
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -231,6 +233,7 @@ class FixedRewardRollout:
 
     def __init__(self, rewards: dict[str, list[float]]):
         self.rewards, self.calls = rewards, []
+        self.engine = SimpleNamespace(max_rows=None, max_len=64)  # no KV budget: the call sizes are not tested here
 
     def run(self, instances, group_size, seed):
         self.calls.append([x.user for x in instances])

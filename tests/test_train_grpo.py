@@ -2,7 +2,6 @@
 leaves the previous checkpoint loadable, and the whole loop runs end to end on real rollouts."""
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
