@@ -110,24 +110,25 @@ def setup(cfg: Config, info: D.DistInfo, out: Path) -> Run:
     else:
         model, tokenizer = load_policy(cfg.model, info)
     train, valid = load_instances(cfg.dataset, "train"), load_instances(cfg.dataset, "valid")[:cfg.eval_instances]
-    profiles = attach_profiles(cfg, toolbox, model, tokenizer, train + valid, layer, info, out)
     dtype = getattr(torch, cfg.dtype)
     ref_model = reference_policy(model, dtype, info) if cfg.kl_coef > 0 else None
     model.activation_checkpointing = cfg.activation_checkpointing
     model = D.shard(model, info, dtype)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = warmup_schedule(optimizer, cfg.warmup_steps)
-    stream = DataStream(train, cfg.seed, info)
-    start = load_checkpoint(model, optimizer, scheduler, stream, info, out) if cfg.resume else 0
     rollout = make_rollout(model, cfg, info, tokenizer, prompt_data, toolbox)
+    profiles = attach_profiles(cfg, toolbox, rollout.engine.model, tokenizer, train + valid, layer, info, out)
+    stream = DataStream(train, cfg.seed, info)  # the resumed weights reach the copy at the loop's first sync
+    start = load_checkpoint(model, optimizer, scheduler, stream, info, out) if cfg.resume else 0
     steps = cfg.steps or math.ceil(cfg.epochs * len(train) / cfg.batch_size)
     return Run(cfg, info, out, layer, model, ref_model, tokenizer, rollout, optimizer, scheduler, stream, valid,
                steps, start, MetricsLog(out / "metrics.jsonl", info), profiles)
 
 
 def attach_profiles(cfg: Config, toolbox, model, tokenizer, instances, layer, info: D.DistInfo, out: Path):
-    """get_user_profile serves the backbone LLM's offline profiles of ``instances`` (built once, cached); the preset
-    and ``--profiles none`` use the statistics fallback. Returns the cache's path, or None."""
+    """get_user_profile serves the backbone LLM's offline profiles of ``instances`` (built once, cached, generated
+    by ``model``: the unsharded rollout copy); the preset and ``--profiles none`` use the statistics fallback.
+    Returns the cache's path, or None."""
     if layer is not None or cfg.profiles == "none":
         log.info("get_user_profile: statistics of the history (%s)",
                  "the preset has no LLM to write profiles" if layer is not None else "--profiles none")

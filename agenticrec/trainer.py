@@ -87,7 +87,7 @@ class TrainingConfig:
     refill_rounds: int = option(3, "extra rollout rounds to refill dropped groups")
     kv_budget: float = option(
         0.0, "GB of KV cache one engine call may take; it sets how many rows each call holds (rows are allocated at "
-             f"--max-context). 0 = auto: on GPU {KV_FREE_FRACTION:.0%} of the memory free once the model, its "
+             f"--max-context). 0 = auto: on GPU {KV_FREE_FRACTION:g} x the memory free once the model, its "
              f"rollout copy, the reference and the optimiser states are counted; on CPU {CPU_KV_BUDGET_GB:g} GB")
     rollout_groups: int = option(0, "at most this many groups per rollout call; 0 = as many as --kv-budget holds")
     eval_instances: int = option(1000, "valid instances per evaluation (greedy)")
@@ -359,7 +359,7 @@ def update(model, ref_model, optimizer, batch: GroupBatch, objective: Objective,
                 "neg_logp_sum": 0.0, "sampler_gap_sum": 0.0, "grad_norm": 0.0}
     old = _logprobs(model, tensors, objective.temperature) if objective.mu > 1 else None
     refs = _logprobs(ref_model, tensors, objective.temperature) if ref_model is not None else [None] * len(tensors)
-    metrics = Counter()
+    metrics = Counter()  # sums over groups, but sampler_gap_max: a running max (below)
     for epoch in range(objective.mu):
         optimizer.zero_grad(set_to_none=True)
         for i, g in enumerate(tensors):
@@ -370,7 +370,9 @@ def update(model, ref_model, optimizer, batch: GroupBatch, objective: Objective,
                                 ref_logp=refs[i], clip_eps=objective.clip_eps, kl_coef=objective.kl_coef,
                                 kl_estimator=objective.kl_estimator, aggregation=objective.aggregation)
             loss.backward()
-            metrics.update(_loss_sums(loss, m, logp, loss_mask, g, first_pass=epoch == 0))
+            sums = _loss_sums(loss, m, logp, loss_mask, g, first_pass=epoch == 0)
+            metrics["sampler_gap_max"] = max(metrics["sampler_gap_max"], sums.pop("sampler_gap_max", 0.0))
+            metrics.update(sums)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), objective.grad_clip)
         if not torch.isfinite(grad_norm):  # never let one bad batch poison the weights; counted in the logs
             log.warning("non-finite gradient norm; update skipped")
@@ -391,20 +393,24 @@ def _logprobs(model, tensors: list[GroupTensors], temperature: float) -> list[to
 
 
 def _loss_sums(loss, m: dict, logp, loss_mask, g: GroupTensors, first_pass: bool) -> dict:
-    """One group's contribution to the logged sums. ``sampler_gap_sum``: |trainer - sampler| log-prob of the
-    sampled tokens at the first pass (before any step): 0 up to kernel noise when rollout and training agree, large
-    when they do not (a bf16 rollout copy, a stale copy, a mask or temperature mismatch)."""
+    """One group's contribution to the logged sums, and its ``sampler_gap_max``. ``sampler_gap_sum``: |trainer -
+    sampler| log-prob of the sampled tokens at the first pass (before any step): 0 up to kernel noise when rollout
+    and training agree (the noise of bf16 against fp32 master weights: small), large when they do not (a stale copy,
+    a mask or temperature mismatch)."""
     tokens = m["tokens"]
     sums = {"loss": loss.item(), "kl_sum": m["kl"] * tokens, "clip_sum": m["clip_frac"] * tokens, "tokens": tokens,
             "neg_logp_sum": float(-(logp.detach() * loss_mask).sum())}
     if first_pass:
-        sums["sampler_gap_sum"] = float(((logp.detach() - g.sampler_logp).abs() * loss_mask).sum())
+        gap = (logp.detach() - g.sampler_logp).abs() * (loss_mask > 0)
+        sums["sampler_gap_sum"] = float(gap.sum())
+        sums["sampler_gap_max"] = float(gap.max())
     return sums
 
 
 def update_metrics(stats: dict, info: D.DistInfo) -> dict:
     """``update``'s sums reduced over ranks into per-token means: the loss, KL, clip fraction, Monte-Carlo entropy
-    (mean -log pi of the sampled tokens) and the sampler-vs-trainer log-prob gap."""
+    (mean -log pi of the sampled tokens) and the sampler-vs-trainer log-prob gap (its mean, and its max over every
+    trained token of every rank)."""
     names = ["loss", "kl_sum", "clip_sum", "tokens", "neg_logp_sum", "sampler_gap_sum", "skipped_update",
              "nonfinite_skipped"]
     s = dict(zip(names, D.all_reduce_sum([float(stats.get(k, 0.0)) for k in names], info)))
@@ -412,6 +418,7 @@ def update_metrics(stats: dict, info: D.DistInfo) -> dict:
     return {"skipped_update": s["skipped_update"] > 0, "nonfinite_skipped": s["nonfinite_skipped"],
             "loss": s["loss"], "kl": s["kl_sum"] / tokens, "clip_frac": s["clip_sum"] / tokens,
             "entropy_mc": s["neg_logp_sum"] / tokens, "sampler_logp_gap": s["sampler_gap_sum"] / tokens,
+            "sampler_logp_gap_max": max(D.all_gather_objects(float(stats.get("sampler_gap_max", 0.0)), info)),
             "grad_norm": stats["grad_norm"], **{k: v for k, v in stats.items() if k.startswith("adv_")}}
 
 

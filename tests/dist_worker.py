@@ -2,8 +2,10 @@
 (rank 0): the tests compare 1 process against gloo ranks.
 
     python tests/dist_worker.py OUT grpo        # trainer.update on 8 groups (whole groups per rank), AdamW
+    python tests/dist_worker.py OUT one_token   # the same, groups 0-3 (rank 0's at 2 ranks) one token long
     python tests/dist_worker.py OUT logistic    # train_ppr.logistic_update on 4 pairs (2 per rank at 2 ranks), SGD
     python tests/dist_worker.py OUT profiles    # profiles.build_profiles of 3 histories into the cache OUT
+    python tests/dist_worker.py OUT sasrec      # trainer.make_toolbox on beauty2023 (AGENTICREC_CACHE: empty)
 """
 
 import json
@@ -26,14 +28,14 @@ from agenticrec.trainer import GroupBatch, Objective, frozen_copy, update  # noq
 from grpo_fakes import VOCAB, synthetic_group, tiny_config  # noqa: E402
 
 
-def grpo_steps(model, info) -> None:
+def grpo_steps(model, info, one_token: bool = False) -> None:
     ref = D.shard(frozen_copy(model), info)
     model = D.shard(model, info)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     objective = Objective(advantage="mean", aggregation="token_mean", clip_eps=0.2, kl_coef=0.05, kl_estimator="k3",
                           temperature=0.8, mu=1, grad_clip=1.0)
     for step in range(2):
-        groups = [synthetic_group(Instance(f"u{i}", [1], i, [i]), step, 4, i) for i in range(8)]
+        groups = [synthetic_group(Instance(f"u{i}", [1], i, [i]), step, 4, i, one_token and i < 4) for i in range(8)]
         share = len(groups) // info.world  # whole groups per rank, contiguous
         mine = groups[info.rank * share:(info.rank + 1) * share]
         update(model, ref, optimizer, GroupBatch(mine, [1.0] * len(mine), []), objective, info)
@@ -76,15 +78,32 @@ def profile_build(out: str, info) -> None:
     (Path(out).parent / f"generated_rank{info.rank}.json").write_text(json.dumps(sum(generated)))
 
 
+def toolbox_build(out: str, info) -> None:
+    """Each rank writes how many SASRec models it trained, and a digest of the one it got, to OUT.rank{r}.json."""
+    import hashlib
+
+    from agenticrec import sasrec, trainer
+    from agenticrec.data import load_dataset
+    trained, real = [], sasrec.train_sasrec
+    sasrec.train_sasrec = lambda *args, **kw: trained.append(1) or real(*args, **kw)
+    box = trainer.make_toolbox(load_dataset("beauty2023"), "all", info=info)
+    digest = hashlib.sha256(b"".join(v.numpy().tobytes() for v in box.sasrec.state_dict().values())).hexdigest()
+    Path(f"{out}.rank{info.rank}.json").write_text(json.dumps({"trained": len(trained), "weights": digest}))
+    D.barrier(info)
+    if info.is_main:
+        Path(out).write_text("done")
+
+
 def main(out: str, objective: str) -> None:
     torch.set_num_threads(1)
-    info = D.init_distributed("cpu")
-    if objective == "profiles":
-        profile_build(out, info)
+    info = D.init_distributed("cpu", timeout_minutes=2)  # a stuck collective aborts the ranks themselves
+    if objective in ("profiles", "sasrec"):
+        (profile_build if objective == "profiles" else toolbox_build)(out, info)
         D.shutdown(info)
         return
     torch.manual_seed(0)
-    model = {"grpo": grpo_steps, "logistic": logistic_steps}[objective](Qwen3(tiny_config()), info)
+    steps = {"grpo": grpo_steps, "logistic": logistic_steps, "one_token": lambda m, i: grpo_steps(m, i, True)}
+    model = steps[objective](Qwen3(tiny_config()), info)
     state = D.full_state_dict(model, info, cpu=True)
     if info.is_main:
         save_file({k: v.contiguous() for k, v in state.items() if k != "lm_head.weight"}, out)

@@ -3,6 +3,7 @@ with varied rewards (a random policy's rollouts are all invalid, so they would n
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -36,16 +37,17 @@ def tiny_policy_folder(folder: Path) -> Path:
     return folder / "model"
 
 
-def synthetic_group(instance, step: int, group_size: int, key: int) -> list[Trajectory]:
-    """A group whose ids, masks and rewards depend only on (instance, step, key)."""
+def synthetic_group(instance, step: int, group_size: int, key: int, one_token: bool = False) -> list[Trajectory]:
+    """A group whose ids, masks and rewards depend only on (instance, step, key); ``one_token``: every continuation
+    is one sampled token (a policy that stops at once)."""
     digest = hashlib.sha256(repr((instance.user, instance.target, step, key)).encode()).hexdigest()
     g = torch.Generator().manual_seed(int(digest[:8], 16))  # not hash(): it is salted per process
     prompt = torch.randint(0, VOCAB, (int(torch.randint(5, 12, (1,), generator=g)),), generator=g).tolist()
     group = []
     for _ in range(group_size):
-        n = int(torch.randint(2, 9, (1,), generator=g))
+        n = 1 if one_token else int(torch.randint(2, 9, (1,), generator=g))
         continuation = torch.randint(0, VOCAB, (n,), generator=g).tolist()
-        mask = [0] * len(prompt) + [int(b) for b in (torch.rand(n, generator=g) < 0.7).tolist()]
+        mask = [0] * len(prompt) + ([1] if one_token else [int(b) for b in (torch.rand(n, generator=g) < 0.7).tolist()])
         t = Trajectory(instance, 0, prompt + continuation, mask, [0.0] * len(mask), len(prompt))
         t.reward = float([-1.0, -0.5, 0.4, 1.1][int(torch.randint(0, 4, (1,), generator=g))])
         t.invalid_reason = "no_action" if t.reward == -1.0 else None
@@ -64,16 +66,30 @@ WORKER = str(Path(__file__).resolve().parent / "dist_worker.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def run_worker(out: Path, mode: str, ranks: int) -> None:
-    """tests/dist_worker.py in ``mode`` under torchrun with ``ranks`` gloo ranks (5 minutes at most); it writes
-    ``out``."""
+def torchrun(script_and_args: list[str], ranks: int, port: int = 29500, timeout: float = 240, env: dict | None = None):
+    """``script_and_args`` under torchrun with ``ranks`` gloo ranks: (exit code, stderr). A hang fails the test: after
+    ``timeout`` seconds the whole process group (torchrun and its ranks) is killed."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port", str(port),
+           *script_and_args]
+    run = subprocess.Popen(cmd, env={**ENV, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    try:
+        _, stderr = run.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(run.pid, signal.SIGKILL)
+        run.communicate()
+        raise AssertionError(f"{script_and_args[0]} with {ranks} gloo ranks did not finish in {timeout} s (a hang)") \
+            from None
+    return run.returncode, stderr
+
+
+def run_worker(out: Path, mode: str, ranks: int, env: dict | None = None) -> None:
+    """tests/dist_worker.py in ``mode`` under ``torchrun``; it writes ``out``."""
     for attempt in range(3):  # gloo can abort at exit after success; the worker exits with os._exit to avoid it
-        run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
-                              "--master_port", str(29500 + attempt), WORKER, str(out), mode],
-                             env=ENV, timeout=300, capture_output=True, text=True)
+        _, stderr = torchrun([WORKER, str(out), mode], ranks, port=29500 + attempt, env=env)
         if out.exists():
             break
-    assert out.exists(), run.stderr[-2000:]
+    assert out.exists(), stderr[-2000:]
 
 
 def worker_weights(tmp_path: Path, objective: str, ranks: int) -> tuple[dict, dict]:

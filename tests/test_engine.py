@@ -180,3 +180,43 @@ def test_top_k_and_top_p_filters():
 def test_top_k_one_sampling_is_greedy(model):
     prompts = random_prompts([8, 14])
     assert generate(model, prompts, 20, temperature=1.0, top_k=1, seed=0) == generate(model, prompts, 20)
+
+
+def test_the_kv_cache_stays_within_its_byte_budget_through_sharing_and_compaction(model, monkeypatch):
+    """One cache per call, allocated once at the context limit and never reallocated: its bytes are within the
+    budget, and prefix sharing and compaction move rows in place (they allocate less than one row's worth).
+    A call with more rows than the budget holds is refused before anything is allocated."""
+    from agenticrec.engine import KVCache, kv_bytes_per_token
+    from agenticrec.memtrace import allocation_peak
+
+    max_len = 200
+    row_bytes = max_len * kv_bytes_per_token(model.config, torch.float32)
+    engine = Engine(model, max_len=max_len, kv_budget=6 * row_bytes + row_bytes // 2)
+    assert engine.max_rows == 6
+    caches, moves = [], []
+    real_init, real_move = KVCache.__init__, KVCache.move_rows
+
+    def recording_init(self, *args):
+        real_init(self, *args)
+        caches.append((self, self.k.data_ptr(), self.v.data_ptr()))
+
+    def measured_move(self, index):
+        with allocation_peak() as peak:
+            real_move(self, index)
+        moves.append((list(index), peak.total))
+
+    monkeypatch.setattr(KVCache, "__init__", recording_init)
+    monkeypatch.setattr(KVCache, "move_rows", measured_move)
+    turns = {r: [[7] * (5 + 10 * r)] * (r % 3) for r in range(6)}  # 0-2 forced observations: ragged finishes
+    rows = engine.run(random_prompts([12, 30, 5]), SamplingParams(temperature=1.0, max_new_tokens=8),
+                      on_turn_end=lambda r, row: turns[r].pop() if turns[r] else None, group_size=2, seed=0)
+    assert sorted(r.turns for r in rows) == [1, 1, 2, 2, 3, 3]
+    (cache, k_ptr, v_ptr), = caches  # one cache for the call ...
+    assert cache.nbytes == 6 * row_bytes <= engine.kv_budget
+    assert (cache.k.data_ptr(), cache.v.data_ptr(), cache.capacity) == (k_ptr, v_ptr, max_len)  # ... never moved
+    assert moves[0][0] == [0, 0, 1, 1, 2, 2] and len(moves) >= 3  # prefix sharing, then compactions
+    assert all(allocated < row_bytes for _, allocated in moves), moves
+    assert engine.cache is None  # freed when the call returns
+    with pytest.raises(ValueError, match="exceed the KV budget"):
+        engine.run(random_prompts([4] * 4), SamplingParams(max_new_tokens=2), group_size=2)
+    assert len(caches) == 1

@@ -164,16 +164,20 @@ def test_update_with_mu_2_clips_against_the_first_pass():
 
 
 def test_the_logged_sampler_gap_is_the_mean_absolute_log_prob_difference():
-    """sampler_logp_gap: mean |log pi_trainer - log pi_sampler| over the sampled tokens, at the first pass."""
+    """sampler_logp_gap: mean |log pi_trainer - log pi_sampler| over the sampled tokens, at the first pass;
+    sampler_logp_gap_max: the largest."""
     groups, cfg = groups_for_test(), config()
     _, start, _, stats = run_update(groups, [1.0] * len(groups), cfg)
-    model, total, tokens = model_at(start), 0.0, 0.0
+    model, total, tokens, largest = model_at(start), 0.0, 0.0, 0.0
     for t in (t for group in groups for t in group):
         mask = torch.tensor(t.mask[1:], dtype=torch.float)  # position j scores ids[j + 1]
         with torch.no_grad():
             gap = full_logprobs(model, t, cfg.temperature) - torch.tensor(t.logprobs[1:])
         total, tokens = total + float((gap.abs() * mask).sum()), tokens + float(mask.sum())
-    assert update_metrics(stats, SINGLE)["sampler_logp_gap"] == pytest.approx(total / tokens, rel=1e-5)
+        largest = max(largest, float((gap.abs() * mask).max()))
+    logged = update_metrics(stats, SINGLE)
+    assert logged["sampler_logp_gap"] == pytest.approx(total / tokens, rel=1e-5)
+    assert logged["sampler_logp_gap_max"] == pytest.approx(largest, rel=1e-5) and largest > 0
 
 
 def test_update_clips_the_gradient_norm():

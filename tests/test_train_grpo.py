@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import train_grpo
 from agenticrec.model import Qwen3, load_pretrained
-from grpo_fakes import fake_collect_groups, tiny_config, tiny_policy_folder, worker_weights
+from grpo_fakes import (fake_collect_groups, run_worker, tiny_config, tiny_policy_folder, torchrun,
+                        worker_weights)
 
 HERE = Path(__file__).resolve().parent
 SMALL = ["--dataset", "beauty2023", "--batch-size", "4", "--group-size", "2", "--max-turn-tokens", "8",
@@ -31,6 +33,71 @@ def test_four_gloo_ranks_equal_one_process(tmp_path):
     start = Qwen3(tiny_config()).state_dict()
     assert max(float((one[k] - start[k]).abs().max()) for k in one) > 1e-4  # the two updates moved the weights
     assert max(float((one[k] - four[k]).abs().max()) for k in one) <= 1e-6
+
+
+def test_one_token_groups_on_one_rank_run_the_same_passes(tmp_path):
+    """Rank 0's groups are all one token long (a policy that stops at once), rank 1's are not: the continuation
+    pass must still run on rank 0 (an FSDP forward is a collective), and the result equals one process."""
+    one, two = worker_weights(tmp_path, "one_token", ranks=2)
+    torch.manual_seed(0)
+    start = Qwen3(tiny_config()).state_dict()
+    assert max(float((one[k] - start[k]).abs().max()) for k in one) > 1e-4
+    assert max(float((one[k] - two[k]).abs().max()) for k in one) <= 1e-6
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_one_process_at_lr_1e6_moves_the_weights_in_both_dtypes(policy, tmp_path, monkeypatch, dtype):
+    """10 GRPO steps at the paper's lr in one process: bf16 computes under autocast over fp32 master weights, so
+    (as in fp32) nearly every weight moves; pure bf16 weights would round ~98 % of the steps away."""
+    monkeypatch.setattr(train_grpo, "collect_groups", fake_collect_groups)
+    trained = {}
+    monkeypatch.setattr(train_grpo, "finish", lambda run: trained.update(
+        {k: v.detach().clone() for k, v in run.model.state_dict().items()}))
+    train_grpo.main(["--model", str(policy), *SMALL, "--steps", "10", "--lr", "1e-6", "--warmup-steps", "1",
+                     "--dtype", dtype, "--out", str(tmp_path)])
+    start = load_pretrained(policy).state_dict()
+    changed = sum(int((trained[k] != start[k].to(trained[k].dtype)).sum()) for k in start) / sum(
+        v.numel() for v in start.values())  # against the start in the dtype the weights are kept in
+    assert changed >= 0.95, changed
+    assert all(trained[k].dtype == torch.float32 for k in start)  # the master weights
+
+
+def test_the_paper_recipe_dry_run_runs_to_the_end_in_bf16(policy, tmp_path):
+    """The recipe's code path on CPU: a random Hugging Face checkpoint, --dtype bfloat16, 2 gloo ranks, all seven
+    tools, context 6,144, LLM profiles, activation checkpointing. Every rank exits 0; rollouts (the copy and its KV
+    cache) and the reference are bf16 while the trained weights stay fp32; the export is bf16 and loads in
+    transformers."""
+    out = tmp_path / "run"
+    code, stderr = torchrun([str(HERE / "dist_recipe.py"), "--model", str(policy), "--dataset", "beauty2023",
+                             "--out", str(out), "--dtype", "bfloat16", "--tools", "all", "--max-context", "6144",
+                             "--activation-checkpointing", "--batch-size", "2", "--group-size", "2",
+                             "--max-turn-tokens", "8", "--steps", "2", "--eval-instances", "4", "--threads", "1",
+                             "--checkpoint-every", "1"], ranks=2, timeout=420)
+    assert code == 0, stderr[-3000:]
+    for rank in range(2):
+        dtypes = json.loads((out / f"dtypes_rank{rank}.json").read_text())
+        assert dtypes == {"cache": ["torch.bfloat16"], "rollout_model": ["torch.bfloat16"],
+                          "reference": ["torch.bfloat16"], "master": ["torch.float32"]}, dtypes
+    assert json.loads((out / "final" / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    assert {v.dtype for v in load_file(out / "final" / "model.safetensors").values()} == {torch.bfloat16}
+    assert (out / "report.json").is_file()
+    import transformers
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(out / "final", dtype="auto")
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+    ours = load_pretrained(out / "final")
+    ids = torch.tensor([[5, 17, 300, 42, 7]])
+    with torch.no_grad():
+        assert torch.allclose(loaded(ids).logits.float(), ours(ids).float(), atol=2e-2)
+
+
+def test_four_ranks_on_an_empty_cache_train_sasrec_once(tmp_path):
+    """Rank 0 trains and caches SASRec while the others wait; they then load that same model."""
+    out = tmp_path / "sasrec"
+    run_worker(out, "sasrec", ranks=4, env={"AGENTICREC_CACHE": str(tmp_path / "cache")})
+    ranks = [json.loads(Path(f"{out}.rank{r}.json").read_text()) for r in range(4)]
+    assert [r["trained"] for r in ranks] == [1, 0, 0, 0]
+    assert len({r["weights"] for r in ranks}) == 1
+    assert len(list((tmp_path / "cache").glob("sasrec-*.safetensors"))) == 1
 
 
 def _final_weights(out: Path) -> dict[str, torch.Tensor]:
