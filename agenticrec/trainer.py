@@ -82,6 +82,9 @@ class TrainingConfig:
     advantage: str = option("mean", "mean (paper) | std | rloo")
     aggregation: str = option("token_mean", "token_mean | sequence_mean (over the global batch)")
     mu: int = option(1, "optimiser updates per rollout batch (1: ratio exactly 1)")
+    update_rows: int = option(
+        0, "continuations per forward/backward pass in the update (0 = the whole group): bounds its activations; "
+           "each pass re-encodes the group's prompt")
     drop_all_negative: bool = option(True, "dynamic sampling: drop groups whose rewards are all negative")
     drop_all_equal: bool = option(False, "also drop groups with zero reward variance (equal rewards)")
     refill_rounds: int = option(3, "extra rollout rounds to refill dropped groups")
@@ -315,6 +318,7 @@ class Objective:
     temperature: float  # the sampling temperature: log-probs are taken at it
     mu: int  # optimiser steps per rollout batch (1: the ratio is exactly 1)
     grad_clip: float
+    update_rows: int  # continuations per forward pass in the update (0 = the whole group): bounds its activations
 
     @classmethod
     def of(cls, cfg) -> "Objective":
@@ -331,6 +335,12 @@ class GroupTensors:
     continuations: list[list[int]]
     mask: torch.Tensor
     sampler_logp: torch.Tensor
+
+    def rows(self, start: int, end: int) -> "GroupTensors":
+        """Continuations start..end-1 of the group, padded to their own longest."""
+        continuations = self.continuations[start:end]
+        L = max(len(c) for c in continuations)
+        return GroupTensors(self.prompt, continuations, self.mask[start:end, :L], self.sampler_logp[start:end, :L])
 
 
 def group_tensors(group: list[Trajectory], device) -> GroupTensors:
@@ -357,16 +367,20 @@ def update(model, ref_model, optimizer, batch: GroupBatch, objective: Objective,
     if normalizer == 0:  # every group on every rank was dropped: nothing to learn from (the same on all ranks)
         return {"skipped_update": 1.0, "loss": 0.0, "kl_sum": 0.0, "clip_sum": 0.0, "tokens": 0.0,
                 "neg_logp_sum": 0.0, "sampler_gap_sum": 0.0, "grad_norm": 0.0}
-    old = _logprobs(model, tensors, objective.temperature) if objective.mu > 1 else None
-    refs = _logprobs(ref_model, tensors, objective.temperature) if ref_model is not None else [None] * len(tensors)
-    metrics = Counter()  # sums over groups, but sampler_gap_max: a running max (below)
+    # the forward passes: each group in pieces of update_rows continuations (the same count on every rank)
+    step = objective.update_rows or len(tensors[0].continuations)
+    pieces = [(g.rows(r, r + step), advantages[i, r:r + step], batch.weights[i])
+              for i, g in enumerate(tensors) for r in range(0, len(g.continuations), step)]
+    old = _logprobs(model, pieces, objective.temperature) if objective.mu > 1 else None
+    refs = _logprobs(ref_model, pieces, objective.temperature) if ref_model is not None else [None] * len(pieces)
+    metrics = Counter()  # sums over pieces, but sampler_gap_max: a running max (below)
     for epoch in range(objective.mu):
         optimizer.zero_grad(set_to_none=True)
-        for i, g in enumerate(tensors):
+        for i, (g, adv, weight) in enumerate(pieces):
             logp = group_logprobs(model, g.prompt, g.continuations, objective.temperature, g.mask)
-            loss_mask = g.mask * batch.weights[i]  # a padded group carries no loss: neither its advantages nor its KL
+            loss_mask = g.mask * weight  # a padded group carries no loss: neither its advantages nor its KL
             loss, m = grpo_loss(logp, old_logp=old[i] if old is not None else logp.detach(),
-                                advantages=advantages[i].to(logp.device), mask=loss_mask, normalizer=normalizer,
+                                advantages=adv.to(logp.device), mask=loss_mask, normalizer=normalizer,
                                 ref_logp=refs[i], clip_eps=objective.clip_eps, kl_coef=objective.kl_coef,
                                 kl_estimator=objective.kl_estimator, aggregation=objective.aggregation)
             loss.backward()
@@ -386,10 +400,10 @@ def update(model, ref_model, optimizer, batch: GroupBatch, objective: Objective,
     return dict(metrics)
 
 
-def _logprobs(model, tensors: list[GroupTensors], temperature: float) -> list[torch.Tensor]:
-    """Each group's log-probs under ``model`` without gradients (pi_old for mu > 1, or the reference policy)."""
+def _logprobs(model, pieces: list[tuple], temperature: float) -> list[torch.Tensor]:
+    """Each piece's log-probs under ``model`` without gradients (pi_old for mu > 1, or the reference policy)."""
     with torch.no_grad():
-        return [group_logprobs(model, g.prompt, g.continuations, temperature, g.mask) for g in tensors]
+        return [group_logprobs(model, g.prompt, g.continuations, temperature, g.mask) for g, _, _ in pieces]
 
 
 def _loss_sums(loss, m: dict, logp, loss_mask, g: GroupTensors, first_pass: bool) -> dict:

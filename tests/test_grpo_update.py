@@ -127,7 +127,8 @@ def formula_gradient(params, ref, groups, weights, cfg, old_params=None) -> list
 
 def config(**overrides) -> Objective:
     return Objective(**{"advantage": "mean", "aggregation": "token_mean", "clip_eps": 0.2, "kl_coef": 0.05,
-                        "kl_estimator": "k3", "temperature": 0.7, "mu": 1, "grad_clip": 1e9, **overrides})
+                        "kl_estimator": "k3", "temperature": 0.7, "mu": 1, "grad_clip": 1e9, "update_rows": 0,
+                        **overrides})
 
 
 def assert_same(grads, expected):
@@ -138,9 +139,11 @@ def assert_same(grads, expected):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-5 * scale)
 
 
-@pytest.mark.parametrize("aggregation", ["token_mean", "sequence_mean"])
-def test_update_gradient_is_the_policy_gradient_formula(aggregation):
-    groups, cfg = groups_for_test(), config(aggregation=aggregation)
+@pytest.mark.parametrize("aggregation,update_rows", [("token_mean", 0), ("sequence_mean", 0), ("token_mean", 2),
+                                                     ("sequence_mean", 1)])
+def test_update_gradient_is_the_policy_gradient_formula(aggregation, update_rows):
+    """Also with each group's continuations in pieces of ``update_rows`` (a memory knob, not a change of math)."""
+    groups, cfg = groups_for_test(), config(aggregation=aggregation, update_rows=update_rows)
     grads, start, ref, stats = run_update(groups, [1.0, 1.0], cfg)
     assert len(grads) == 1
     assert_same(grads[0], formula_gradient(start, ref, groups, [1.0, 1.0], cfg))
@@ -150,7 +153,7 @@ def test_update_gradient_is_the_policy_gradient_formula(aggregation):
 def test_update_with_mu_2_clips_against_the_first_pass():
     """Step 1 is on-policy (ratio 1); step 2 is at the moved weights with pi_old from before step 1, and the
     clip is active on some tokens."""
-    groups, cfg = groups_for_test(), config(mu=2, clip_eps=0.02)
+    groups, cfg = groups_for_test(), config(mu=2, clip_eps=0.02, update_rows=2)
     grads, start, ref, _ = run_update(groups, [1.0, 1.0], cfg, lr=3.0)
     assert len(grads) == 2
     assert_same(grads[0], formula_gradient(start, ref, groups, [1.0, 1.0], cfg))
