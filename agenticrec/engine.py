@@ -26,7 +26,7 @@ import torch
 
 from agenticrec.model import Qwen3
 
-PREFILL_TOKEN_BUDGET = 4096  # padded tokens per prefill forward: bounds activation memory and padding waste
+PREFILL_TOKEN_BUDGET = 4096  # padded tokens per prefill or forced-chunk forward: bounds activations and padding
 
 
 @dataclass(frozen=True)
@@ -272,38 +272,31 @@ class Engine:
         """Start a fresh cache of ``rows`` rows (default one per prompt) with prompt i in row i; return the
         next-token logits [P, V] after each prompt.
 
-        Prompts are encoded in length-sorted groups of at most PREFILL_TOKEN_BUDGET padded tokens, so short prompts
-        are not padded to the longest one.
+        Prompts are encoded in length-sorted groups of at most PREFILL_TOKEN_BUDGET padded tokens
+        (``token_budget_groups``), so short prompts are not padded to the longest one.
         """
         self.cache = None  # the previous call's cache goes before the next one is allocated
         self.cache = KVCache(self.model, rows or len(prompts), self.max_len)
         self.lens = torch.zeros(len(prompts), dtype=torch.long, device=self.device)  # tokens cached per row
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        logits: list[torch.Tensor | None] = [None] * len(prompts)
-        start = 0
-        while start < len(order):
-            end = start + 1
-            while end < len(order) and (end + 1 - start) * len(prompts[order[end]]) <= PREFILL_TOKEN_BUDGET:
-                end += 1
-            group = order[start:end]
-            out = self._forward(torch.tensor(group, device=self.device), [list(prompts[i]) for i in group])
-            for i, row_logits in zip(group, out):
-                logits[i] = row_logits
-            start = end
-        return torch.stack(logits)
+        logits = torch.empty(len(prompts), self.model.config.vocab_size, device=self.device)
+        for group in token_budget_groups([len(p) for p in prompts]):
+            logits[torch.tensor(group, device=self.device)] = self._forward(
+                torch.tensor(group, device=self.device), [list(prompts[i]) for i in group]).float()
+        return logits
 
     def feed(self, pending: list[list[int]]) -> torch.Tensor:
-        """Feed each cache row its pending ids (>= 1 each); return next-token logits [A, V]. Rows that only feed their last
-        sampled token share one decode forward; rows that also feed forced ids go through a second forward."""
+        """Feed each cache row its pending ids (>= 1 each); return next-token logits [A, V]. Rows that only feed
+        their last sampled token share one decode forward; rows that also feed forced ids go through further
+        forwards, in length-sorted groups of at most PREFILL_TOKEN_BUDGET padded tokens (as prefill)."""
         chunk = [i for i, ids in enumerate(pending) if len(ids) > 1]
         if not chunk:
             return self._forward(None, pending)
         single = [i for i, ids in enumerate(pending) if len(ids) == 1]
+        groups = token_budget_groups([len(pending[i]) for i in chunk])
         logits = torch.empty(len(pending), self.model.config.vocab_size, device=self.device)
-        for group in (chunk, single):
-            if group:
-                index = torch.tensor(group, device=self.device)
-                logits[index] = self._forward(index, [pending[i] for i in group]).float()
+        for group in [[chunk[j] for j in g] for g in groups] + ([single] if single else []):
+            index = torch.tensor(group, device=self.device)
+            logits[index] = self._forward(index, [pending[i] for i in group]).float()
         return logits
 
     def _forward(self, rows: torch.Tensor | None, chunks: list[list[int]]) -> torch.Tensor:
@@ -322,6 +315,22 @@ class Engine:
         else:
             self.lens[rows] += lengths
         return logits
+
+
+def token_budget_groups(lengths: list[int], budget: int | None = None) -> list[list[int]]:
+    """Indices into ``lengths`` in length-sorted groups whose padded size (members x longest) is at most
+    ``budget`` (default PREFILL_TOKEN_BUDGET; a longer single sequence forms its own group): what bounds one
+    forward's activations."""
+    budget = budget or PREFILL_TOKEN_BUDGET
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    groups, start = [], 0
+    while start < len(order):
+        end = start + 1
+        while end < len(order) and (end + 1 - start) * lengths[order[end]] <= budget:
+            end += 1
+        groups.append(order[start:end])
+        start = end
+    return groups
 
 
 def generate(model: Qwen3, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0, top_k: int = 0,

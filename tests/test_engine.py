@@ -60,9 +60,13 @@ def assert_cache_matches_recomputation(model, rows, logits):
         assert (cached.float() - next_logits(model, ids)).abs().max().item() <= 1e-5
 
 
-def test_cached_logits_equal_full_recomputation(model):
+@pytest.mark.parametrize("token_budget", [4096, 45])
+def test_cached_logits_equal_full_recomputation(model, monkeypatch, token_budget):
     """After prefill of ragged prompts, after 50 decode steps, and after forced chunks of 1-40 ids to some rows
-    (the top-left causal-mask bug shows up exactly there), then after further decoding."""
+    (the top-left causal-mask bug shows up exactly there), then after further decoding. With a token budget of 45
+    the prompts and the chunks go through several forwards each."""
+    import agenticrec.engine as E
+    monkeypatch.setattr(E, "PREFILL_TOKEN_BUDGET", token_budget)
     engine = Engine(model, max_len=400)
     rows = random_prompts([7, 33, 1, 60, 18])
     logits = engine.prefill(rows)
@@ -87,6 +91,15 @@ def test_cached_logits_equal_full_recomputation(model):
     engine.keep(keep)
     logits = engine.feed([[5], [6, 7, 8]])
     assert_cache_matches_recomputation(model, [rows[4] + [5], rows[1] + [6, 7, 8]], logits)
+
+
+def test_token_budget_groups_partition_by_length_within_the_budget():
+    from agenticrec.engine import token_budget_groups
+    lengths = [7, 33, 1, 60, 18, 40, 2]
+    groups = token_budget_groups(lengths, budget=45)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    assert [[lengths[i] for i in g] for g in groups] == [[1, 2, 7], [18], [33], [40], [60]]
+    assert all(len(g) * max(lengths[i] for i in g) <= 45 or len(g) == 1 for g in groups)
 
 
 def test_same_seed_same_samples_and_different_seed_different_samples(model):
