@@ -7,11 +7,11 @@ tool use, tokens and latency (docs/evaluation.md).
     python evaluate.py --checkpoint runs/grpo/final --table scaling --limit 500    # N = 20, 50, 100 (+ two-stage)
     python evaluate.py --checkpoint runs/grpo/final --limit 20 --show 2 --html out.html
 
-Conventions: the agent decodes greedily, one engine call per --chunk instances; a checkpoint's train_config.json
-(written by train_grpo.py / train_ppr.py) supplies the agent settings it was trained with (tools, budgets, context)
-and its preset layer, if any, which flags override and the log lists; the "frozen" policy is the untrained start
-(--frozen DIR; for a preset checkpoint its warm start). Every metric is a mean over
-instances with a 95% percentile bootstrap CI (10,000 resamples).
+Conventions: the agent decodes greedily, one engine call per --chunk instances (fewer when --kv-budget holds fewer
+rows); a checkpoint's train_config.json (written by train_grpo.py / train_ppr.py) supplies the agent settings it
+was trained with (tools, budgets, context) and its preset layer, if any, which flags override and the log lists;
+the "frozen" policy is the untrained start (--frozen DIR; for a preset checkpoint its warm start). Every metric is
+a mean over instances with a 95% percentile bootstrap CI (10,000 resamples).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from agenticrec.model import load_pretrained
 from agenticrec.profiles import load_profiles
 from agenticrec.sasrec import score_candidates
 from agenticrec.tokenizer import load_tokenizer
-from agenticrec.trainer import agent_config, make_toolbox
+from agenticrec.trainer import CPU_KV_BUDGET_GB, agent_config, make_toolbox, rows_per_call
 
 log = logging.getLogger("evaluate")
 TABLES = ("main", "ablation", "tools", "scaling")
@@ -67,7 +67,9 @@ class Config:
     max_turn_tokens: int = option(512, "tokens per turn")
     max_context: int = option(6144, "tokens per trajectory")
     profiles: str = option("", "the LLM profile cache get_user_profile serves; default: the checkpoint's run's")
-    chunk: int = option(250, "instances per engine call (bounds the KV cache)")
+    chunk: int = option(250, "at most this many instances per engine call")
+    kv_budget: float = option(CPU_KV_BUDGET_GB, "GB of KV cache one engine call may take (rows are allocated at "
+                                                "--max-context): calls hold at most that many rows")
     show: int = option(0, "print this many complete trajectories of the first agent row")
     html: str = option("", "write those trajectories (at least 10) as one self-contained HTML page here")
     json: str = option("", "write every number here")
@@ -169,9 +171,10 @@ class Systems:
             raise SystemExit(f"error: --disable-tool names tools the agent does not have: {sorted(unknown)}")
         cfg = self.cfg
         agent_cfg = dataclasses.replace(agent_config(cfg, temperature=0.0), use_tools=use_tools)
-        rollout = Rollout(Engine(model, cfg.max_context), tokenizer, self.prompt_data, toolbox, agent_cfg)
+        engine = Engine(model, cfg.max_context, kv_budget=int(cfg.kv_budget * 1e9))
+        rollout = Rollout(engine, tokenizer, self.prompt_data, toolbox, agent_cfg)
         with tqdm(total=len(instances), desc=name, unit="request") as bar:
-            trajectories, wall = run_agent(rollout, instances, cfg.chunk, bar.update)
+            trajectories, wall = run_agent(rollout, instances, rows_per_call(rollout, cfg.chunk), bar.update)
         if not self.trajectories:  # --show / --html render the first agent row; the others are not kept
             self.trajectories[name] = (trajectories, tokenizer)
         return {"metrics": metric_cis([t.rank for t in trajectories], cfg.seed),

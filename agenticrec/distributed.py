@@ -96,9 +96,10 @@ def refresh_rollout_copy(model: torch.nn.Module, copy: torch.nn.Module | None, i
     """A plain module with the current full weights in the compute dtype, for generation; the model itself when
     it is unsharded and already in that dtype (one process, fp32).
 
-    The copy is filled tensor by tensor: each parameter is all-gathered (a collective: every rank walks the same
-    names in the same order), cast and copied, so the transient is one full fp32 tensor, never a whole fp32 state
-    dict. ``copy`` None (or released) builds a new one on meta first."""
+    The copy is filled tensor by tensor: each parameter's shard is cast to the compute dtype, all-gathered (a
+    collective: every rank walks the same names in the same order) and copied in, so the transient is one full
+    tensor in the compute dtype, never a whole fp32 state dict. ``copy`` None (or released) builds a new one on
+    meta first."""
     dtype = compute_dtype(model)
     if info.world == 1 and next(model.parameters()).dtype == dtype:
         return model
@@ -112,7 +113,7 @@ def refresh_rollout_copy(model: torch.nn.Module, copy: torch.nn.Module | None, i
         copy.tie_weights()
     targets = dict(copy.named_parameters())
     for name, p in model.named_parameters():
-        targets[name].copy_(p.full_tensor() if isinstance(p, DTensor) else p)
+        targets[name].copy_(p.to(dtype).full_tensor() if isinstance(p, DTensor) else p)
     return copy.eval()
 
 

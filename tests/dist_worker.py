@@ -6,6 +6,7 @@
     python tests/dist_worker.py OUT logistic    # train_ppr.logistic_update on 4 pairs (2 per rank at 2 ranks), SGD
     python tests/dist_worker.py OUT profiles    # profiles.build_profiles of 3 histories into the cache OUT
     python tests/dist_worker.py OUT sasrec      # trainer.make_toolbox on beauty2023 (AGENTICREC_CACHE: empty)
+    python tests/dist_worker.py OUT copy        # the bf16 rollout copy of a trained, sharded fp32 model
 """
 
 import json
@@ -28,9 +29,11 @@ from agenticrec.trainer import GroupBatch, Objective, frozen_copy, update  # noq
 from grpo_fakes import VOCAB, synthetic_group, tiny_config  # noqa: E402
 
 
-def grpo_steps(model, info, one_token: bool = False) -> None:
-    ref = D.shard(frozen_copy(model), info)
-    model = D.shard(model, info)
+def grpo_steps(model, info, one_token: bool = False, dtype=torch.float32, on_sharded=None) -> None:
+    ref = D.shard(frozen_copy(model).to(dtype), info, dtype)
+    model = D.shard(model, info, dtype)
+    if on_sharded is not None:
+        on_sharded(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     objective = Objective(advantage="mean", aggregation="token_mean", clip_eps=0.2, kl_coef=0.05, kl_estimator="k3",
                           temperature=0.8, mu=1, grad_clip=1.0, update_rows=0)
@@ -94,11 +97,27 @@ def toolbox_build(out: str, info) -> None:
         Path(out).write_text("done")
 
 
+def rollout_copy(out: str, info) -> None:
+    """The bf16 rollout copy built from the initial shards, then two updates, then the copy refreshed in place;
+    rank 0 saves the copy (``copy.*``) beside the fp32 master weights (``master.*``)."""
+    torch.manual_seed(0)
+    built = {}
+    model = grpo_steps(Qwen3(tiny_config()), info, dtype=torch.bfloat16,
+                       on_sharded=lambda m: built.update(copy=D.refresh_rollout_copy(m, None, info)))
+    copy = D.refresh_rollout_copy(model, built["copy"], info)
+    assert copy is built["copy"]
+    master = D.full_state_dict(model, info, cpu=True)
+    if info.is_main:
+        tensors = {f"copy.{k}": v.contiguous() for k, v in copy.state_dict().items() if k != "lm_head.weight"}
+        tensors.update({f"master.{k}": v.contiguous() for k, v in master.items() if k != "lm_head.weight"})
+        save_file(tensors, out)
+
+
 def main(out: str, objective: str) -> None:
     torch.set_num_threads(1)
     info = D.init_distributed("cpu", timeout_minutes=2)  # a stuck collective aborts the ranks themselves
-    if objective in ("profiles", "sasrec"):
-        (profile_build if objective == "profiles" else toolbox_build)(out, info)
+    if objective in ("profiles", "sasrec", "copy"):
+        {"profiles": profile_build, "sasrec": toolbox_build, "copy": rollout_copy}[objective](out, info)
         D.shutdown(info)
         return
     torch.manual_seed(0)

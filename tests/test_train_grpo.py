@@ -90,6 +90,21 @@ def test_the_paper_recipe_dry_run_runs_to_the_end_in_bf16(policy, tmp_path):
         assert torch.allclose(loaded(ids).logits.float(), ours(ids).float(), atol=2e-2)
 
 
+def test_the_bf16_rollout_copy_is_the_master_weights_rounded(tmp_path):
+    """Under FSDP with bf16 compute, the rollout copy (built, then refreshed in place, tensor by tensor) holds
+    exactly the trained fp32 master weights rounded to bf16."""
+    out = tmp_path / "copy.safetensors"
+    run_worker(out, "copy", ranks=2)
+    tensors = load_file(out)
+    names = [k.removeprefix("master.") for k in tensors if k.startswith("master.")]
+    torch.manual_seed(0)
+    start = Qwen3(tiny_config()).state_dict()
+    assert any(not torch.equal(tensors[f"master.{k}"], start[k]) for k in names)  # trained, not the initial weights
+    for k in names:
+        assert tensors[f"copy.{k}"].dtype == torch.bfloat16 and tensors[f"master.{k}"].dtype == torch.float32
+        assert torch.equal(tensors[f"copy.{k}"], tensors[f"master.{k}"].to(torch.bfloat16)), k
+
+
 def test_four_ranks_on_an_empty_cache_train_sasrec_once(tmp_path):
     """Rank 0 trains and caches SASRec while the others wait; they then load that same model."""
     out = tmp_path / "sasrec"

@@ -1,0 +1,133 @@
+"""The recipe's GPU facts that no CPU run can show, on one GPU in at most ~8 minutes.
+
+    python benchmarks/gpu_check.py [--config .../Qwen3-4B-Instruct-2507/config.json] [--layers 36]
+
+A Qwen3-4B-shaped model with random bf16 weights. For each attention setting (cuDNN SDPA off, which mimics
+A100 / A800 where PyTorch does not prefer it, then PyTorch's default), it prints:
+- a decode call (32 rows, 3,000 cached tokens each, ``Engine.feed``): the SDPA backends that accept its masked,
+  grouped-query attention call (and PyTorch's choice), ms per decode step, ``max_memory_allocated``;
+- the update's continuation pass (``policy.group_logprobs``, G 8, prompt 1,050, continuations of 1,000 / 2,000 /
+  3,000 tokens, activation checkpointing, forward + backward): the same three figures;
+and the dtype of the rollout copy ``distributed.refresh_rollout_copy`` builds from fp32 master weights computing
+in bf16. Memory is reset between measurements; an out-of-memory is reported, not raised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from agenticrec import distributed as D
+from agenticrec import model as M
+from agenticrec.engine import Engine
+from agenticrec.model import Qwen3, Qwen3Config
+from agenticrec.policy import group_logprobs
+
+DEFAULT = Path(__file__).resolve().parents[1] / "tests/fixtures/qwen3_tokenizer/Qwen3-4B-Instruct-2507/config.json"
+BACKENDS = ("CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
+
+
+class RecordedCall:
+    """The arguments of the last masked SDPA call the model made (what the kernel choice depends on)."""
+
+    def __init__(self):
+        self.args, self.real = None, F.scaled_dot_product_attention
+
+    def __call__(self, q, k, v, attn_mask=None, **kw):
+        if attn_mask is not None:
+            self.args = (q.detach(), k.detach(), v.detach(), attn_mask, kw)
+        return self.real(q, k, v, attn_mask=attn_mask, **kw)
+
+    def backends(self) -> str:
+        """Which backends run the recorded call alone, and PyTorch's choice among them."""
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        q, k, v, mask, kw = self.args
+        accepted = []
+        for name in BACKENDS:
+            try:
+                with sdpa_kernel([getattr(SDPBackend, name)]):
+                    self.real(q, k, v, attn_mask=mask, **kw)
+                accepted.append(name)
+            except RuntimeError:
+                pass
+        chosen = torch._fused_sdp_choice(q, k, v, mask, 0.0, False, None, kw.get("enable_gqa", False))
+        return f"accepted {accepted}; chosen {SDPBackend(chosen).name}"
+
+
+def measure(fn, steps: int) -> tuple[float, float]:
+    """(ms per call, max_memory_allocated GB) of ``fn`` run ``steps`` times after one warm-up call."""
+    fn()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    torch.cuda.synchronize()
+    return 1000 * (time.perf_counter() - start) / steps, torch.cuda.max_memory_allocated() / 1e9
+
+
+def decode_check(model, recorder: RecordedCall) -> str:
+    engine, g = Engine(model, max_len=3100), torch.Generator().manual_seed(0)
+    prompts = [torch.randint(0, 1000, (3000,), generator=g).tolist() for _ in range(32)]
+    engine.prefill(prompts)
+    ms, peak = measure(lambda: engine.feed([[5]] * 32), steps=20)
+    return f"decode B 32 S 3,000: {recorder.backends()}; {ms:.1f} ms/step; max allocated {peak:.1f} GB"
+
+
+def continuation_check(model, recorder: RecordedCall, Lc: int) -> str:
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, 1000, (1050,), generator=g).tolist()
+    continuations = [torch.randint(0, 1000, (Lc,), generator=g).tolist() for _ in range(8)]
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        group_logprobs(model, prompt, continuations, 0.6).sum().backward()
+    try:
+        ms, peak = measure(step, steps=2)
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return f"continuation G 8 P 1,050 Lc {Lc}: out of memory"
+    return f"continuation G 8 P 1,050 Lc {Lc:,}: {recorder.backends()}; {ms:.0f} ms fwd+bwd; max {peak:.1f} GB"
+
+
+def rollout_copy_dtype(cfg: Qwen3Config) -> str:
+    master = Qwen3(cfg).cuda()  # fp32 master weights
+    D.shard(master, D.DistInfo(0, 1, 0, torch.device("cuda"), None), torch.bfloat16)
+    copy = D.refresh_rollout_copy(master, None, D.DistInfo(0, 1, 0, torch.device("cuda"), None))
+    dtype = next(copy.parameters()).dtype
+    del master, copy
+    torch.cuda.empty_cache()
+    return f"rollout copy built from fp32 master weights computing in bf16: {dtype}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=DEFAULT)
+    parser.add_argument("--layers", type=int, default=0, help="decoder layers (0 = the config's)")
+    args = parser.parse_args()
+    hf = json.loads(args.config.read_text())
+    hf["num_hidden_layers"] = args.layers or hf["num_hidden_layers"]
+    cfg = Qwen3Config.from_hf(hf)
+    print(torch.cuda.get_device_name(), f"torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}")
+    print(rollout_copy_dtype(cfg), flush=True)
+    with torch.device("cuda"):
+        model = Qwen3(cfg).to(torch.bfloat16)
+    recorder = RecordedCall()
+    M.F.scaled_dot_product_attention = recorder
+    for cudnn in (False, True):
+        torch.backends.cuda.enable_cudnn_sdp(cudnn)
+        print(f"\n## cuDNN SDPA {'on (default)' if cudnn else 'off (as on A100 / A800)'}", flush=True)
+        with torch.no_grad():
+            print(decode_check(model.eval(), recorder), flush=True)
+        model.train().activation_checkpointing = True
+        for Lc in (1000, 2000, 3000):
+            print(continuation_check(model, recorder, Lc), flush=True)
+
+
+if __name__ == "__main__":
+    main()
