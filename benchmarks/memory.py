@@ -12,8 +12,8 @@ lengths: every row at the context limit, the update's longest continuation = con
 The phases (per rank, W ranks, N parameters, c = 2 bytes in bf16):
 - resident: fp32 master shard 4N/W; AdamW's two fp32 moments 8N/W (from the first step on); the bf16 reference
   shard cN/W; the unsharded bf16 rollout copy cN (rollout phases only: released during the update).
-- refresh (``trainer.sync_rollout``): the copy (allocated when it was released) + one all-gathered fp32 tensor
-  (the largest parameter, the embedding).
+- refresh (``trainer.sync_rollout``): the copy (allocated when it was released) + one gathered tensor in the
+  compute dtype (the largest parameter, the embedding: its shard cast, the all-gathered tensor and one copy of it).
 - rollout / evaluation call (``Engine.run``): the KV cache, rows x max_context x kv bytes per token, allocated
   once at the call's start; plus the largest transient of one forward: a prefill or forced-chunk forward of at most
   4,096 padded tokens (its layer's MLP and attention), or a decode step (logits and sampling over the vocabulary).
@@ -49,7 +49,7 @@ class Setup:
     ranks: int = 4
     compute_bytes: int = 2  # bf16
     max_context: int = 6144
-    kv_rows: int = 40  # rows per engine call (what --kv-budget holds, rounded down to whole groups for rollouts)
+    kv_rows: int = 44  # rows per evaluation call: what --kv-budget holds (rollout calls: whole groups of it)
     group_size: int = 8
     update_rows: int = 0  # 0 = the whole group
     reference: bool = True  # kl_coef > 0
@@ -138,7 +138,8 @@ def predict(phase: str, s: Setup, shape: dict, adam: bool) -> dict[str, float]:
     """A phase's components for the lengths in ``shape`` (benchmarks/memory_measure.py records them)."""
     if phase == "refresh":
         parts = resident(s, copy=True, adam=adam)
-        parts["all-gathered fp32 tensor (the embedding)"] = 4 * s.embedding
+        parts["the embedding gathered (its shard cast, the gathered tensor, one copy)"] = s.compute_bytes * \
+            s.embedding * (1 / s.ranks + 2)
         return parts
     if phase in ("rollout call", "evaluation call"):
         prompts = shape["rows"] // s.group_size if phase == "rollout call" else shape["rows"]
@@ -151,15 +152,21 @@ def predict(phase: str, s: Setup, shape: dict, adam: bool) -> dict[str, float]:
     raise ValueError(f"unknown phase {phase!r}")
 
 
+CUDA_OVERHEAD = 2e9  # CUDA context, cuBLAS / NCCL workspaces and allocator slack: an estimate, not measured here
+
+
 def recipe_table(s: Setup, prompt: int, observation: int) -> dict[str, dict[str, float]]:
     """Every phase at its worst case for the recipe: rows at the context limit, the longest continuation."""
     continuation = s.max_context - prompt
     call = {"rows": s.kv_rows, "prompt": prompt, "longest": s.max_context, "forced": observation}
-    return {"refresh": predict("refresh", s, {}, adam=True),
-            "rollout call": predict("rollout call", s, call, adam=True),
-            "evaluation call": predict("evaluation call", s, call, adam=True),
-            "update (one piece)": predict("update", s, {"prompt": prompt, "continuation": continuation,
-                                                         "sampled": continuation}, adam=True)}
+    groups = {**call, "rows": s.kv_rows // s.group_size * s.group_size}
+    phases = {"refresh": predict("refresh", s, {}, adam=True),
+              "rollout call": predict("rollout call", s, groups, adam=True),
+              "evaluation call": predict("evaluation call", s, call, adam=True),
+              "update (one piece)": predict("update", s, {"prompt": prompt, "continuation": continuation,
+                                                           "sampled": continuation}, adam=True)}
+    return {name: {**parts, "CUDA context, workspaces, allocator slack (estimate)": CUDA_OVERHEAD}
+            for name, parts in phases.items()}
 
 
 def main() -> None:
@@ -178,9 +185,10 @@ def main() -> None:
     cfg = Qwen3Config.from_hf(json.loads(args.config.read_text()))
     base = Setup(cfg, ranks=args.ranks, max_context=args.max_context, group_size=args.group_size,
                  update_rows=args.update_rows)
-    rows = int(args.kv_budget * GB // (args.max_context * base.kv_bytes_per_token)) // args.group_size * args.group_size
+    rows = int(args.kv_budget * GB // (args.max_context * base.kv_bytes_per_token))
     print(f"{args.config.parent.name}: {cfg.num_parameters / 1e9:.2f} B parameters, {args.ranks} GPUs of "
-          f"{args.gpu_gb:g} GB; --kv-budget {args.kv_budget:g} -> {rows} rows per call; --update-rows "
+          f"{args.gpu_gb:g} GB; --kv-budget {args.kv_budget:g} -> {rows} rows per evaluation call, "
+          f"{rows // args.group_size} groups per rollout call; --update-rows "
           f"{args.update_rows}; limit with {args.headroom:.0%} headroom: {args.gpu_gb * (1 - args.headroom):.1f} GB")
     fits = True
     for attention in ("math", "fused"):

@@ -1,14 +1,15 @@
 """Each phase's peak tensor memory per rank, measured on the real code path (train_grpo.py under torchrun, 2 gloo
 ranks, bf16) at a real shape, beside benchmarks/memory.py's prediction for the same config, flags and lengths.
 
-    python benchmarks/memory_measure.py [--layers 2] [--folder /tmp/agenticrec-memory] [--max-turn-tokens 32]
+    python benchmarks/memory_measure.py [--layers 2] [--folder /tmp/agenticrec-memory] [--turn-tokens 32]
 
 The model: Qwen3-4B-Instruct-2507's config.json (the repository's fixture) with its full widths and vocabulary,
 cut to ``--layers`` decoder layers, random weights, the real Qwen3 tokenizer. The run: the paper's settings where
 they shape memory (bf16, all seven tools, context 6,144, G 8, activation checkpointing, the KL reference) with one
-instance per rank and one step; ``--max-turn-tokens`` short because a random model never stops a turn by itself and
-a CPU decodes a 0.6 B-parameter bf16 model slowly; ``--profiles none`` (the LLM profiles of 50,546 train instances
-would take days on a CPU). The KV budget is set to hold exactly one group (8 rows) per call.
+instance per rank and one step; ``--turn-tokens`` (train_grpo's --max-turn-tokens) short because a random model
+never stops a turn by itself and a CPU decodes a 0.6 B-parameter bf16 model slowly; ``--profiles none`` (the LLM profiles of 50,546 train instances
+would take days on a CPU); ``--no-drop-all-negative``, because a random policy's groups are all invalid and would
+be dropped, leaving no update to measure. The KV budget is set to hold exactly one group (8 rows) per call.
 
 Measured per phase and rank: the bytes of the tensors resident when it starts (the model's shard, gradients,
 optimiser states, reference shard, rollout copy, KV cache: read from the objects), plus the peak of the tensor
@@ -163,7 +164,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=2, help="decoder layers kept from the 4B config")
     parser.add_argument("--folder", type=Path, default=Path("/tmp/agenticrec-memory"))
-    parser.add_argument("--max-turn-tokens", type=int, default=32)
+    parser.add_argument("--turn-tokens", type=int, default=32, help="train_grpo.py's --max-turn-tokens")
     parser.add_argument("--compare-only", action="store_true", help="compare the measurements of an earlier run")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
@@ -180,8 +181,8 @@ def main() -> None:
     budget = 8 * flags["max_context"] * kv_bytes_per_token(read_config(model), __import__("torch").bfloat16)
     train = ["--model", str(model), "--dataset", "games", "--out", str(args.folder / "run"), "--dtype", "bfloat16",
              "--tools", "all", "--max-context", str(flags["max_context"]), "--group-size", "8", "--batch-size", "2",
-             "--steps", "1", "--eval-instances", "2", "--max-turn-tokens", str(args.max_turn_tokens),
-             "--activation-checkpointing", "--profiles", "none", "--threads", "1",
+             "--steps", "1", "--eval-instances", "2", "--max-turn-tokens", str(args.turn_tokens),
+             "--activation-checkpointing", "--profiles", "none", "--threads", "1", "--no-drop-all-negative",
              "--kv-budget", f"{(budget + 1000) / GB:.9f}"]  # 8 rows (1,000 bytes over: no rounding down to 7)
     shutil.rmtree(args.folder / "run", ignore_errors=True)
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", __file__, "--worker",

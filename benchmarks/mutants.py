@@ -26,6 +26,7 @@ REWARD, GRPO, TRAINER, POLICY, MODEL = ("agenticrec/reward.py", "agenticrec/grpo
 ENGINE, AGENT, PARSING, PPR, TRAIN_PPR = ("agenticrec/engine.py", "agenticrec/agent.py", "agenticrec/parsing.py",
                                           "agenticrec/ppr.py", "train_ppr.py")
 TASKS = "agenticrec/tasks.py"
+DIST = "agenticrec/distributed.py"
 
 MUTANTS = [
     # ---- the reward and the ranking metrics ---------------------------------------------------------------------
@@ -125,10 +126,10 @@ MUTANTS = [
            "groups assembled across instances"),
 
     # ---- the update: advantages, weights, normaliser, masks, temperatures ----------------------------------------
-    Mutant("update_padded_trained", TRAINER, "loss_mask = g.mask * batch.weights[i]", "loss_mask = g.mask",
+    Mutant("update_padded_trained", TRAINER, "loss_mask = g.mask * weight", "loss_mask = g.mask",
            "a padded group's advantages and KL term trained on"),
-    Mutant("update_padded_trained_mask_only", TRAINER, "loss_mask = g.mask * batch.weights[i]",
-           "loss_mask = g.mask * (1 - batch.weights[i])", "only the padded groups trained on"),
+    Mutant("update_padded_trained_mask_only", TRAINER, "loss_mask = g.mask * weight",
+           "loss_mask = g.mask * (1 - weight)", "only the padded groups trained on"),
     Mutant("update_normaliser_counts_padded", TRAINER, "local = sum(w * c for w, c in zip(batch.weights, counts))",
            "local = sum(counts)", "padded groups dilute the mean"),
     Mutant("update_normaliser_padded_length", TRAINER, 'float(g.mask.sum()) if objective.aggregation == "token_mean"',
@@ -138,11 +139,11 @@ MUTANTS = [
     Mutant("update_mu_ignores_old", TRAINER, "old[i] if old is not None else logp.detach()", "logp.detach()",
            "mu > 1: the ratio is always 1, the clip never acts"),
     Mutant("update_old_temperature", TRAINER,
-           "old = _logprobs(model, tensors, objective.temperature) if objective.mu > 1 else None",
-           "old = _logprobs(model, tensors, 1.0) if objective.mu > 1 else None", "pi_old at temperature 1"),
+           "old = _logprobs(model, pieces, objective.temperature) if objective.mu > 1 else None",
+           "old = _logprobs(model, pieces, 1.0) if objective.mu > 1 else None", "pi_old at temperature 1"),
     Mutant("update_ref_temperature", TRAINER,
-           "refs = _logprobs(ref_model, tensors, objective.temperature) if ref_model is not None",
-           "refs = _logprobs(ref_model, tensors, 1.0) if ref_model is not None", "the reference at temperature 1"),
+           "refs = _logprobs(ref_model, pieces, objective.temperature) if ref_model is not None",
+           "refs = _logprobs(ref_model, pieces, 1.0) if ref_model is not None", "the reference at temperature 1"),
     Mutant("update_logp_temperature", TRAINER,
            "logp = group_logprobs(model, g.prompt, g.continuations, objective.temperature, g.mask)",
            "logp = group_logprobs(model, g.prompt, g.continuations, 1.0, g.mask)",
@@ -158,20 +159,21 @@ MUTANTS = [
            "trains the first observation token, never the turn's first sampled token"),
 
     # ---- log-prob gathering ---------------------------------------------------------------------------------------
-    Mutant("policy_mask_offset", POLICY, "wanted = None if mask is None else mask[:, 1:].to(device) > 0",
-           "wanted = None if mask is None else mask[:, :-1].to(device) > 0",
+    Mutant("policy_mask_offset", POLICY, "wanted[:, :L - 1] &= mask[:, 1:].to(device) > 0",
+           "wanted[:, :L - 1] &= mask[:, :-1].to(device) > 0",
            "the LM head runs on the wrong positions: sampled tokens get log-prob 0"),
     Mutant("policy_first_token_temperature", POLICY, "first_lp = (prompt_logits.float() / temperature)",
            "first_lp = (prompt_logits.float())", "each continuation's first token at temperature 1"),
-    Mutant("policy_positions", POLICY, "positions = (P + torch.arange(L - 1, device=device))",
-           "positions = (P - 1 + torch.arange(L - 1, device=device))", "RoPE positions off by one"),
+    Mutant("policy_positions", POLICY, "positions = (P + torch.arange(width - 1, device=device))",
+           "positions = (P - 1 + torch.arange(width - 1, device=device))", "RoPE positions off by one"),
     Mutant("policy_last_index", POLICY, "last_index=torch.tensor([P - 1], device=device)",
            "last_index=torch.tensor([P - 2], device=device)", "the first token scored after the wrong prefix"),
     Mutant("prefix_cache_order", POLICY, "return torch.cat([prefix_k, k], dim=2), torch.cat([prefix_v, v], dim=2)",
            "return torch.cat([k, prefix_k], dim=2), torch.cat([v, prefix_v], dim=2)",
            "continuations attend to keys in the wrong order (the causal mask then hides the wrong ones)"),
-    Mutant("policy_padding_valid", POLICY, "valid = torch.arange(L, device=device)[None] < lengths[:, None]",
-           "valid = torch.arange(L, device=device)[None] <= lengths[:, None]", "a padding position keeps a log-prob"),
+    Mutant("policy_padding_valid", POLICY, "valid = torch.arange(width, device=device)[None] < lengths[:, None]",
+           "valid = torch.arange(width, device=device)[None] <= lengths[:, None]",
+           "a padding position keeps a log-prob"),
     Mutant("model_temperature_multiplied", MODEL, "logits = lm_head(h).float() / temperature",
            "logits = lm_head(h).float() * temperature", "the temperature multiplies the logits"),
     Mutant("model_gather_shift", MODEL, "return logits.log_softmax(-1).gather(-1, t[..., None])[..., 0]",
@@ -271,4 +273,14 @@ MUTANTS = [
            "the rehearsal / warm-start NLL weights the wrong tokens"),
     Mutant("rehearsal_normaliser", POLICY, "return -(logp * mask[:, 1:]).sum() / mask[:, 1:].sum()",
            "return -(logp * mask[:, 1:]).sum() / mask.numel()", "the NLL divided by the padded size"),
+    # the recipe at scale: the pieces of a group, the passes every rank runs, the rollout copy, the cache's rows
+    Mutant("update_piece_advantages", TRAINER, "advantages[i, r:r + step]",
+           "advantages[i, :len(g.rows(r, r + step).continuations)]",
+           "every piece of a group trained with the advantages of its first rows"),
+    Mutant("policy_one_token_skips_a_pass", POLICY, "width = max(L, 2)", "width = L",
+           "a group of one-token continuations skips the continuation pass (an FSDP desync)"),
+    Mutant("copy_refreshed_from_stale_weights", DIST, "for name, p in model.named_parameters():",
+           "for name, p in list(model.named_parameters())[:-1]:", "the last parameter of the copy is never refreshed"),
+    Mutant("kv_rows_moved_out_of_order", ENGINE, "order = reversed(range(len(index)))", "order = range(len(index))",
+           "prefix sharing copies rows in an order that overwrites a source before it is read"),
 ]
