@@ -11,7 +11,8 @@ lengths: every row at the context limit, the update's longest continuation = con
 
 The phases (per rank, W ranks, N parameters, c = 2 bytes in bf16):
 - resident: fp32 master shard 4N/W; AdamW's two fp32 moments 8N/W (from the first step on); the bf16 reference
-  shard cN/W; the unsharded bf16 rollout copy cN (rollout phases only: released during the update).
+  shard cN/W, and from its first forward on its root (the embedding) left gathered; the unsharded bf16 rollout
+  copy cN (rollout phases only: released during the update).
 - refresh (``trainer.sync_rollout``): the copy (allocated when it was released) + one gathered tensor in the
   compute dtype (the largest parameter, the embedding: its shard cast, the all-gathered tensor and one copy of it).
 - rollout / evaluation call (``Engine.run``): the KV cache, rows x max_context x kv bytes per token, allocated
@@ -73,12 +74,17 @@ class Setup:
 
 
 def resident(s: Setup, copy: bool, adam: bool) -> dict[str, float]:
+    """What a rank holds between phases; ``adam``: after the first update (AdamW's moments exist, and the
+    reference's root, the embedding, stays gathered after its last forward: FSDP2 does not reshard a root module
+    after its forward, and the frozen reference has no backward to do it)."""
     N, W, c = s.config.num_parameters, s.ranks, s.compute_bytes
     parts = {"fp32 master weights (shard)": 4 * N / W}
     if adam:
         parts["AdamW moments (2 x fp32, shard)"] = 8 * N / W
     if s.reference:
         parts["reference (bf16 shard)"] = c * N / W
+        if adam:
+            parts["reference's root left gathered (bf16 embedding)"] = c * s.embedding * (1 - 1 / W)
     if copy:
         parts["rollout copy (bf16, unsharded)"] = c * N
     return parts

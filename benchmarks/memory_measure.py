@@ -107,8 +107,7 @@ def worker(out: Path, argv: list[str]) -> None:
 
     real_setup = train_grpo.setup
     train_grpo.setup = lambda cfg, info, o: state.setdefault("run", real_setup(cfg, info, o))
-    train_grpo.sync_rollout = measured("refresh", train_grpo.sync_rollout, lambda a, r: {
-        "rebuild": a[0].engine.model is None})
+    train_grpo.sync_rollout = measured("refresh", train_grpo.sync_rollout, lambda a, r: {})
     train_grpo.update = measured("update", train_grpo.update, lambda a, r: update_shape(a[3]))
     Engine.run = measured(lambda a: "evaluation call" if a[2].temperature == 0 else "rollout call", Engine.run,
                           lambda a, rows: engine_shape(a[0], rows))
@@ -155,7 +154,8 @@ def compare(folder: Path, flags: dict) -> None:
             parts = memory.predict(r["phase"], setup, r["shape"], adam=r["resident"]["adam"] > 0)
             predicted = sum(parts.values())
             worst = max(worst, abs(predicted / measured - 1))
-            print(f"| {r['phase']} | {rank} | {sum(r['resident'].values()) / GB:.3f} | {measured / GB:.3f} | "
+            phase = r["phase"] + (" (copy rebuilt)" if r["phase"] == "refresh" and not r["resident"]["copy"] else "")
+            print(f"| {phase} | {rank} | {sum(r['resident'].values()) / GB:.3f} | {measured / GB:.3f} | "
                   f"{predicted / GB:.3f} | {predicted / measured - 1:+.1%} |")
     print(f"\nlargest error: {worst:.1%}")
 
