@@ -154,8 +154,9 @@ def make_rollout(model: torch.nn.Module, cfg, info: D.DistInfo, tokenizer, promp
     copy = D.refresh_rollout_copy(model, None, info)
     budget = kv_budget(cfg.kv_budget, model, info)
     engine = Engine(copy, cfg.max_context, budget)
-    log.info("rollouts in %s; KV budget %.2f GB per engine call: %d rows of %d tokens", engine.dtype, budget / 1e9,
-             engine.max_rows, cfg.max_context)
+    if info.is_main:
+        log.info("rollouts in %s; KV budget %.2f GB per engine call: %d rows of %d tokens", engine.dtype,
+                 budget / 1e9, engine.max_rows, cfg.max_context)
     return Rollout(engine, tokenizer, prompt_data, toolbox, agent_config(cfg))
 
 

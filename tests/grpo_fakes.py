@@ -25,11 +25,12 @@ def tiny_config() -> Qwen3Config:
                        num_attention_heads=2, num_key_value_heads=1, head_dim=16, tie_word_embeddings=True)
 
 
-def tiny_policy_folder(folder: Path) -> Path:
-    """A random tiny Qwen3 with the preset BPE tokenizer (trained on beauty2023 titles), as an HF folder."""
+def tiny_policy_folder(folder: Path, config: Qwen3Config | None = None) -> Path:
+    """A random tiny Qwen3 (``tiny_config()`` unless given) with the preset BPE tokenizer (trained on beauty2023
+    titles), as an HF folder."""
     tokenizer = preset_tokenizer(load_dataset("beauty2023"), folder / "tokenizer", vocab_size=VOCAB)
     torch.manual_seed(0)
-    cfg = tiny_config()
+    cfg = config or tiny_config()
     assert len(tokenizer) <= cfg.vocab_size
     save_pretrained(Qwen3(cfg), folder / "model")
     for file in (folder / "tokenizer").iterdir():

@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 import train_grpo
-from agenticrec.model import Qwen3, load_pretrained
-from grpo_fakes import (fake_collect_groups, run_worker, tiny_config, tiny_policy_folder, torchrun,
+from agenticrec.model import Qwen3, Qwen3Config, load_pretrained
+from grpo_fakes import (VOCAB, fake_collect_groups, run_worker, tiny_config, tiny_policy_folder, torchrun,
                         worker_weights)
 
 HERE = Path(__file__).resolve().parent
@@ -46,15 +46,18 @@ def test_one_token_groups_on_one_rank_run_the_same_passes(tmp_path):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_one_process_at_lr_1e6_moves_the_weights_in_both_dtypes(policy, tmp_path, monkeypatch, dtype):
-    """10 GRPO steps at the paper's lr in one process: bf16 computes under autocast over fp32 master weights, so
-    (as in fp32) nearly every weight moves; pure bf16 weights would round ~98 % of the steps away."""
+def test_one_process_at_lr_1e6_moves_the_weights_in_both_dtypes(tmp_path, monkeypatch, dtype):
+    """10 GRPO steps at the paper's lr in one process, on the preset's architecture (random weights, synthetic
+    groups): bf16 computes under autocast over fp32 master weights, so (as in fp32) nearly every weight moves;
+    pure bf16 weights round ~98 % of the steps away."""
+    from agenticrec.preset import PRESET_MODEL
+    policy = tiny_policy_folder(tmp_path / "policy", Qwen3Config(vocab_size=VOCAB, **PRESET_MODEL))
     monkeypatch.setattr(train_grpo, "collect_groups", fake_collect_groups)
     trained = {}
     monkeypatch.setattr(train_grpo, "finish", lambda run: trained.update(
         {k: v.detach().clone() for k, v in run.model.state_dict().items()}))
     train_grpo.main(["--model", str(policy), *SMALL, "--steps", "10", "--lr", "1e-6", "--warmup-steps", "1",
-                     "--dtype", dtype, "--out", str(tmp_path)])
+                     "--dtype", dtype, "--out", str(tmp_path / "run")])
     start = load_pretrained(policy).state_dict()
     changed = sum(int((trained[k] != start[k].to(trained[k].dtype)).sum()) for k in start) / sum(
         v.numel() for v in start.values())  # against the start in the dtype the weights are kept in
