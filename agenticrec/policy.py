@@ -52,12 +52,13 @@ def group_logprobs(model, prompt: list[int], continuations: list[list[int]], tem
     wanted = torch.arange(1, width, device=device)[None] < lengths[:, None]  # real targets only (never padding)
     if mask is not None:
         wanted[:, :L - 1] &= mask[:, 1:].to(device) > 0
-    if not wanted.any():  # score one padding position per row (times 0 below): the same graph on every rank
-        wanted[:, 0] = True
-    rest_lp = model(ids[:, :-1], positions, cache, targets=ids[:, 1:], target_mask=wanted,
+    kept = torch.cat([torch.ones_like(wanted[:, :1]), wanted], dim=1)  # [G, width]: what the caller gets
+    scored = wanted.clone()
+    if not scored.any():  # score one position per row anyway (dropped below): the same graph on every rank
+        scored[:, 0] = True
+    rest_lp = model(ids[:, :-1], positions, cache, targets=ids[:, 1:], target_mask=scored,
                     temperature=temperature)  # [G, width - 1]
-    valid = torch.arange(width, device=device)[None] < lengths[:, None]
-    return (torch.cat([first_lp, rest_lp], dim=1) * valid)[:, :L]
+    return (torch.cat([first_lp, rest_lp], dim=1) * kept)[:, :L]
 
 
 def sft_loss(model, batch: list[tuple[list[int], list[int]]], device) -> torch.Tensor:
