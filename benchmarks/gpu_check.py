@@ -96,7 +96,8 @@ def continuation_check(model, recorder: RecordedCall, Lc: int) -> str:
 
 
 def rollout_copy_dtype(cfg: Qwen3Config) -> str:
-    master = Qwen3(cfg).cuda()  # fp32 master weights
+    with torch.device("cuda"):
+        master = Qwen3(cfg)  # fp32 master weights
     D.shard(master, D.DistInfo(0, 1, 0, torch.device("cuda"), None), torch.bfloat16)
     copy = D.refresh_rollout_copy(master, None, D.DistInfo(0, 1, 0, torch.device("cuda"), None))
     dtype = next(copy.parameters()).dtype
