@@ -126,12 +126,10 @@ def mine_outcomes(policy: Rollout, instances, cfg: Config, info: D.DistInfo, spl
     """(instance index, ranking) of every instance, in order. Rank r rolls out instances r, r + world, ...; the
     outcomes are gathered after every round of engine calls, so no rank runs more than one call ahead of another
     between collectives (every rank runs the same number of rounds, the last ones possibly empty)."""
-    chunk = rows_per_call(policy, cfg.eval_chunk)
-    share = -(-len(instances) // info.world)  # the largest rank's share
     outcomes = []
-    for c in tqdm(range(0, share, chunk), desc=f"mining {split}", disable=not info.is_main):
-        mine = list(range(info.rank, len(instances), info.world))[c:c + chunk]
-        seed = cfg.seed + 1_000_003 * info.rank + c
+    for start, mine in tqdm(D.rounds(len(instances), rows_per_call(policy, cfg.eval_chunk), info),
+                            desc=f"mining {split}", disable=not info.is_main):
+        seed = cfg.seed + 1_000_003 * info.rank + start
         done = [(i, t.ranking) for i, t in zip(mine, policy.run([instances[i] for i in mine], seed=seed))] if mine \
             else []
         outcomes += [o for part in D.all_gather_objects(done, info) for o in part]

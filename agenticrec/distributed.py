@@ -117,6 +117,14 @@ def refresh_rollout_copy(model: torch.nn.Module, copy: torch.nn.Module | None, i
     return copy.eval()
 
 
+def rounds(n: int, chunk: int, info: DistInfo) -> list[tuple[int, list[int]]]:
+    """This rank's share of ``n`` items (rank r takes r, r + world, ...) in rounds of at most ``chunk``: (offset of
+    the round in the share, item indices). Every rank gets as many rounds (the largest share's; its last ones may
+    be empty), so a collective after each round pairs up on every rank."""
+    mine = list(range(info.rank, n, info.world))
+    return [(start, mine[start:start + chunk]) for start in range(0, -(-n // info.world), chunk)]
+
+
 def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
     """Element-wise sums over ranks (identity in a single process)."""
     if info.world == 1:

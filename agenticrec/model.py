@@ -309,8 +309,8 @@ class Qwen3(nn.Module):
         in chunks so that the [B, T, V] logits never exist at once; ``target_mask`` [B, T] restricts the LM head
         to the positions that matter (0 elsewhere: a loss over sampled tokens needs no logits for observations).
         Everything runs inside ``forward`` so that FSDP's hooks gather the embedding, final norm and LM head too."""
-        weights = self.model["norm"].weight.dtype  # under FSDP: already the gathered, cast parameters
-        if self.compute_dtype is not None and self.compute_dtype != weights:
+        # under FSDP the weights seen here are already the gathered, cast parameters: no autocast
+        if self.compute_dtype is not None and self.compute_dtype != self.model["norm"].weight.dtype:
             with torch.autocast(input_ids.device.type, dtype=self.compute_dtype):
                 return self._forward(input_ids, positions, kv_cache, last_index, targets, target_mask, temperature)
         return self._forward(input_ids, positions, kv_cache, last_index, targets, target_mask, temperature)
