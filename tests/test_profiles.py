@@ -86,8 +86,5 @@ def test_a_corrupt_cache_is_an_error_not_a_rebuild(tmp_path):
 def test_rounds_give_every_rank_as_many_rounds_and_each_item_once():
     """D.rounds (profile builds, PPR mining): 5 items, 2 ranks, 2 per round: rank 1's last round is empty, so a
     collective after each round pairs up on both ranks."""
-    import torch
-
-    from agenticrec import distributed as D
     ranks = [D.rounds(5, 2, D.DistInfo(r, 2, r, torch.device("cpu"), None)) for r in range(2)]
     assert ranks == [[(0, [0, 2]), (2, [4])], [(0, [1, 3]), (2, [])]]
