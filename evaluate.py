@@ -122,8 +122,8 @@ def _from_checkpoint(saved: dict | None, given: dict) -> dict:
 def eval_instances(cfg: Config, data, num_candidates: int):
     """The fixed instance file for N = 20; other N are built by the same protocol and seed (deterministic), as
     files of every size would not fit in the repository."""
-    if instances_path(data.name, cfg.split, num_candidates).is_file():
-        instances = load_instances(data.name, cfg.split, num_candidates)  # a corrupt file is an error, not rebuilt
+    if instances_path(data.folder, cfg.split, num_candidates).is_file():
+        instances = load_instances(data.folder, cfg.split, num_candidates)  # a corrupt file is an error, not rebuilt
     else:
         instances = build_instances(data, cfg.split, num_candidates)[0]
     if not instances:

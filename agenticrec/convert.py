@@ -23,8 +23,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from agenticrec.data import (DATA_ROOT, DataError, Dataset, Sequence, Window, read_jsonl, stats, write_instances,
-                             write_jsonl)
+from agenticrec.data import (DATA_ROOT, DataError, Dataset, Sequence, Window, global_time_cuts, read_jsonl, stats,
+                             write_instances, write_jsonl)
 
 log = logging.getLogger("agenticrec.convert")
 PLACEHOLDER_TITLE = re.compile(r"title_\d+")
@@ -57,7 +57,7 @@ def item_record(item_id: int, title, **fields) -> dict:
 
 
 def save(data: Dataset, out_root: Path, seed: int = 0) -> dict:
-    folder = out_root / data.name
+    folder = data.folder = out_root / data.name
     folder.mkdir(parents=True, exist_ok=True)
     write_jsonl(folder / "items.jsonl.gz", data.items)
     if data.windows:
@@ -278,15 +278,10 @@ def _assemble_2023(name, kept, metadata, skipped, start, end, fractions, min_use
         events = sorted(by_user[user])
         sequences.append(Sequence(user, [ids[a] for _, a, _ in events], [t for t, _, _ in events],
                                   [r for _, _, r in events] if all(r is not None for _, _, r in events) else None))
-    times = sorted(t for s in sequences for t in s.timestamps)
+    times = [t for s in sequences for t in s.timestamps]
     if not times:
         raise DataError(f"{source}: no interaction survives the protocol ({dict(skipped)})")
-    fit_until = times[min(len(times) - 1, int(fractions[0] * 7 / 8 * len(times)))]
-    valid_from = times[min(len(times) - 1, int(fractions[0] * len(times)))]
-    test_from = times[min(len(times) - 1, int((fractions[0] + fractions[1]) * len(times)))]
-    meta = {"name": name, "split": "global_time", "fit_until": fit_until, "valid_from": valid_from,
-            "test_from": test_from,
-            "window": [start, end], "source": source, "skipped": dict(skipped),
+    meta = {"name": name, "split": "global_time", **global_time_cuts(times, fractions), "window": [start, end], "source": source, "skipped": dict(skipped),
             "licence": "Amazon Reviews 2023 (McAuley lab), research use only",
             "fields": ["title", "categories", "brand", "price", "average_rating", "rating_count", "description",
                        "timestamps", "ratings"]}

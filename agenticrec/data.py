@@ -56,32 +56,63 @@ class DataError(ValueError):
 # --------------------------------------------------------------------------------------------------------------------
 
 
+class LineSkips:
+    """Counts the lines of one file and the malformed ones among them: each skip is logged with file:line, and
+    more than ``max_bad_fraction`` of them is a ``DataError`` at ``close`` (the file is probably not what it
+    claims to be)."""
+
+    def __init__(self, path: Path, max_bad_fraction: float = 0.01):
+        self.path, self.max_bad_fraction = path, max_bad_fraction
+        self.total = self.bad = 0
+
+    def good(self) -> None:
+        self.total += 1
+
+    def skip(self, line_no: int, why: str) -> None:
+        self.total += 1
+        self.bad += 1
+        log.warning("%s:%d: skipped malformed line (%s)", self.path, line_no, why[:80])
+
+    def close(self) -> None:
+        if self.bad:
+            log.warning("%s: skipped %d malformed line(s) of %d", self.path, self.bad, self.total)
+            if self.bad > self.max_bad_fraction * self.total:
+                raise DataError(f"{self.path}: {self.bad} of {self.total} lines are malformed")
+
+
+def open_text(path: Path):
+    """A text file, gunzipped when its name ends in .gz."""
+    return gzip.open(path, "rt", encoding="utf-8", newline="") if path.suffix == ".gz" else \
+        open(path, encoding="utf-8", newline="")
+
+
 def read_jsonl(path: Path, max_bad_fraction: float = 0.01) -> Iterator[dict]:
     """Yield the JSON objects of a (gzipped) JSON-lines file. Malformed lines are skipped, counted and logged;
     more than ``max_bad_fraction`` of them is a ``DataError`` (the file is probably not what it claims)."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    bad = total = 0
+    for _, record in read_jsonl_lines(path, max_bad_fraction):
+        yield record
+
+
+def read_jsonl_lines(path: Path, max_bad_fraction: float = 0.01) -> Iterator[tuple[int, dict]]:
+    """``read_jsonl`` with the line number of each record."""
+    skips = LineSkips(path, max_bad_fraction)
     try:
-        with opener(path, "rt", encoding="utf-8") as f:
+        with open_text(path) as f:
             for line_no, line in enumerate(f, 1):
                 if not line.strip():
                     continue
-                total += 1
                 try:
                     record = json.loads(line)
                     if not isinstance(record, dict):
                         raise ValueError("not a JSON object")
                 except ValueError as err:
-                    bad += 1
-                    log.warning("%s:%d: skipped malformed line (%s)", path, line_no, str(err)[:80])
+                    skips.skip(line_no, str(err))
                     continue
-                yield record
+                skips.good()
+                yield line_no, record
     except (OSError, EOFError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: unreadable ({err})") from None
-    if bad:
-        log.warning("%s: skipped %d malformed line(s) of %d", path, bad, total)
-        if bad > max_bad_fraction * total:
-            raise DataError(f"{path}: {bad} of {total} lines are malformed")
+    skips.close()
 
 
 def temp_path(path: Path) -> Path:
@@ -147,6 +178,7 @@ class Dataset:
     items: list[dict]
     sequences: list[Sequence] = field(default_factory=list)
     windows: list[Window] = field(default_factory=list)
+    folder: Path | None = None  # where load_dataset read it from (None: built in memory)
     _by_user: dict | None = field(default=None, repr=False)
 
     @property
@@ -164,6 +196,10 @@ class Dataset:
     def has_title(self, item: int) -> bool:
         return bool(self.items[item].get("title"))
 
+    def fixed_instances(self, split: str, num_candidates: int = DEFAULT_CANDIDATES) -> list[Instance]:
+        """The instance file of a split (``load_instances``), from the folder this dataset was loaded from."""
+        return load_instances(self.folder or self.name, split, num_candidates)
+
     def sequence_of(self, user: str) -> Sequence:
         if self._by_user is None:
             self._by_user = {s.user: s for s in self.sequences}
@@ -178,10 +214,15 @@ class Dataset:
         raise DataError(f"{self.name}: split_of needs sequences, the protocol is {self.protocol}")
 
 
+def dataset_folder(name_or_path: str | Path, root: Path = DATA_ROOT) -> Path:
+    """The folder of a dataset given by name (``root/<name>``) or by a path to a dataset folder; a name wins over
+    a same-named folder in the working directory."""
+    named, path = root / str(name_or_path), Path(name_or_path)
+    return path if not (named / "meta.json").is_file() and (path / "meta.json").is_file() else named
+
+
 def load_dataset(name_or_path: str | Path, root: Path = DATA_ROOT) -> Dataset:
-    folder = Path(name_or_path)
-    if not folder.is_dir():
-        folder = root / str(name_or_path)
+    folder = dataset_folder(name_or_path, root)
     meta_file = folder / "meta.json"
     if not meta_file.is_file():
         known = sorted(p.name for p in root.iterdir() if (p / "meta.json").is_file()) if root.is_dir() else []
@@ -190,7 +231,7 @@ def load_dataset(name_or_path: str | Path, root: Path = DATA_ROOT) -> Dataset:
     items = list(read_jsonl(folder / "items.jsonl.gz"))
     if [r.get("id") for r in items] != list(range(len(items))):
         raise DataError(f"{folder}/items.jsonl.gz: ids must be 0..n-1 in order")
-    data = Dataset(meta["name"], meta, items)
+    data = Dataset(meta["name"], meta, items, folder=folder)
     if meta["split"] == "windows":
         data.windows = [Window(str(r["user"]), list(r["history"]), int(r["target"]), r["split"])
                         for r in read_jsonl(folder / "windows.jsonl.gz")]
@@ -199,6 +240,19 @@ def load_dataset(name_or_path: str | Path, root: Path = DATA_ROOT) -> Dataset:
                           for r in read_jsonl(folder / "sequences.jsonl.gz")]
     _check_ids(data, folder)
     return data
+
+
+def global_time_cuts(timestamps: Iterable[int], fractions=(0.8, 0.1, 0.1)) -> dict:
+    """The cut points of the chronological split (the paper's 8:1:1): ``valid_from`` / ``test_from`` are the
+    timestamps at the 80 % / 90 % quantiles of all interactions, ``fit_until`` the one at 7/8 of the train period
+    (the collaborative tools fit before it; train instances are the interactions from it to ``valid_from``)."""
+    times = sorted(timestamps)
+
+    def at(fraction: float) -> int:
+        return times[min(len(times) - 1, int(fraction * len(times)))]
+
+    return {"fit_until": at(fractions[0] * 7 / 8), "valid_from": at(fractions[0]),
+            "test_from": at(fractions[0] + fractions[1])}
 
 
 def _check_ids(data: Dataset, folder: Path) -> None:
@@ -302,9 +356,11 @@ def _sample_negatives(rng: np.random.Generator, pool: np.ndarray, exclude: set[i
     return chosen
 
 
-def instances_path(name: str, split: str, num_candidates: int = DEFAULT_CANDIDATES, root: Path = DATA_ROOT) -> Path:
+def instances_path(name: str | Path, split: str, num_candidates: int = DEFAULT_CANDIDATES,
+                   root: Path = DATA_ROOT) -> Path:
+    """The fixed instances of a dataset given by name or folder (``dataset_folder``)."""
     suffix = "" if num_candidates == DEFAULT_CANDIDATES else f".n{num_candidates}"
-    return root / name / "instances" / f"{split}{suffix}.jsonl.gz"
+    return dataset_folder(name, root) / "instances" / f"{split}{suffix}.jsonl.gz"
 
 
 def write_instances(data: Dataset, root: Path = DATA_ROOT, num_candidates: int = DEFAULT_CANDIDATES,
@@ -314,7 +370,8 @@ def write_instances(data: Dataset, root: Path = DATA_ROOT, num_candidates: int =
         instances, skipped = build_instances(data, split, num_candidates, seed)
         if not instances:
             continue
-        write_jsonl(instances_path(data.name, split, num_candidates, root), (x.to_json() for x in instances))
+        write_jsonl(instances_path(data.folder or data.name, split, num_candidates, root),
+                    (x.to_json() for x in instances))
         counts[split] = {"instances": len(instances), **{k: v for k, v in skipped.items() if v}}
     return counts
 
@@ -346,7 +403,7 @@ def stats(data: Dataset, root: Path = DATA_ROOT) -> dict:
     out = {"users": len(users), "items": len(data.items), "items_interacted": len(used_items),
            "interactions": interactions, "train_interactions": sum(map(len, training_sequences(data)))}
     for split in SPLITS:
-        path = instances_path(data.name, split, root=root)
+        path = instances_path(data.folder or data.name, split, root=root)
         out[f"{split}_instances"] = sum(1 for _ in read_jsonl(path)) if path.is_file() else 0
     if data.windows:
         for split in ("valid", "test"):

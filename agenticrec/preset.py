@@ -206,7 +206,6 @@ def preset_policy(data: Dataset, toolbox: PresetToolbox, agent_cfg, seed: int, i
     import torch
 
     from agenticrec import distributed as D
-    from agenticrec.data import load_instances
     from agenticrec.model import Qwen3, load_pretrained, save_pretrained
     from agenticrec.trainer import rank0_first
 
@@ -218,7 +217,7 @@ def preset_policy(data: Dataset, toolbox: PresetToolbox, agent_cfg, seed: int, i
     model = Qwen3(preset_config(tokenizer)).to(info.device)
     if info.is_main:
         report = warm_start(model, tokenizer, prompt_data(data, layer(folder)), toolbox,
-                            load_instances(data.name, "train"), load_instances(data.name, "valid")[-64:], agent_cfg)
+                            data.fixed_instances("train"), data.fixed_instances("valid")[-64:], agent_cfg)
         log.info("warm start: %s", {k: v for k, v in report.items() if k != "history"})
         (out / "preset" / "warm_start_report.json").write_text(json.dumps(report, indent=2))
         if not report["passed_gate"]:  # GRPO on a policy without valid answers sees only -1: nothing to learn

@@ -27,7 +27,7 @@ from agenticrec import distributed as D
 from agenticrec.agent import (CONTEXT_LIMIT, TOOL_BUDGET_EXCEEDED, TOOLS_DISABLED, TURN_TOKEN_LIMIT, AgentConfig,
                               Rollout, Trajectory)
 from agenticrec.cli import option
-from agenticrec.data import Dataset, load_instances
+from agenticrec.data import Dataset
 from agenticrec.engine import Engine
 from agenticrec.grpo import advantage_stats, group_advantages, grpo_loss, keep_group
 from agenticrec.model import load_pretrained
@@ -113,7 +113,7 @@ def make_toolbox(data: Dataset, tools: str, toolbox_class=Toolbox, info: D.DistI
     unknown = set(enabled or ()) - {t.name for t in TOOLS}
     if unknown:
         raise SystemExit(f"error: unknown tool(s) in --tools: {', '.join(sorted(unknown))}")
-    sasrec = rank0_first(lambda: load_or_train(data, load_instances(data.name, "valid")), info)
+    sasrec = rank0_first(lambda: load_or_train(data, data.fixed_instances("valid")), info)
     return toolbox_class(data, sasrec, enabled=enabled)
 
 
