@@ -46,7 +46,7 @@ def clean_text(text, limit: int = 1000) -> str | None:
     if not isinstance(text, str):
         return None
     text = " ".join(html.unescape(text).split())
-    return text[:limit] or None
+    return text[:limit].rstrip() or None  # a cut may end on a space
 
 
 def item_record(item_id: int, title, **fields) -> dict:

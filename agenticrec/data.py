@@ -122,11 +122,13 @@ def temp_path(path: Path) -> Path:
 
 
 def write_jsonl(path: Path, records: Iterable[dict]) -> int:
-    """Write records as gzipped JSON lines, atomically (temp file + rename). mtime 0 keeps the bytes reproducible."""
+    """Write records as gzipped JSON lines, atomically (temp file + rename). The bytes depend on the records only:
+    mtime 0, and the name in the gzip header is fixed (``<name>.tmp``, as every shipped file has), not the
+    temporary file's unique name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     n = 0
-    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
+    with open(tmp, "wb") as raw, gzip.GzipFile(f"{path.name}.tmp", mode="wb", fileobj=raw, mtime=0) as f:
         for record in records:
             f.write((json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode())
             n += 1

@@ -10,7 +10,7 @@ import pytest
 
 from agenticrec.convert import clean_title, prepare_amazon2023
 from agenticrec.data import (DataError, Dataset, Sequence, Window, build_instances, load_dataset, load_instances,
-                             read_jsonl, stats, training_sequences)
+                             read_jsonl, stats, training_sequences, write_jsonl)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -112,6 +112,15 @@ def test_malformed_lines_are_counted_skips_until_they_dominate(tmp_path, caplog)
     (tmp_path / "y.jsonl.gz").write_bytes(b"\x1f\x8b not really gzip")
     with pytest.raises(DataError, match="unreadable"):
         list(read_jsonl(tmp_path / "y.jsonl.gz"))
+
+
+def test_written_files_depend_on_the_records_only(tmp_path):
+    """Two writes of the same records are the same bytes, whatever temporary name each went through."""
+    records = [{"id": i, "title": f"Item {i}"} for i in range(5)]
+    write_jsonl(tmp_path / "a" / "items.jsonl.gz", records)
+    write_jsonl(tmp_path / "b" / "items.jsonl.gz", records)
+    assert (tmp_path / "a" / "items.jsonl.gz").read_bytes() == (tmp_path / "b" / "items.jsonl.gz").read_bytes()
+    assert list(read_jsonl(tmp_path / "a" / "items.jsonl.gz")) == records
 
 
 def test_unknown_dataset_names_the_known_ones():
