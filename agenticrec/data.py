@@ -424,8 +424,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("name")
     p.add_argument("--candidates", type=int, default=DEFAULT_CANDIDATES, help="candidate set size N")
     p.add_argument("--seed", type=int, default=0, help="seed for negatives and shuffling")
-    from agenticrec import convert
+    from agenticrec import convert, importer
     convert.add_commands(sub)
+    importer.add_commands(sub)
     args = parser.parse_args(argv)
     if args.command == "stats":
         print(json.dumps(stats(load_dataset(args.name)), indent=2))
