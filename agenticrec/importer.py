@@ -13,7 +13,8 @@ tables; each may end in ``.gz``. Columns are found under RecBole's names (``INTE
 
 ``import_dataset`` then, counting what each step removes (``meta.json["import"]``):
 1. reads the interactions: malformed lines are skipped and logged with file:line (more than 1 % of a file is an
-   error); when a time column is mapped, rows without a time are dropped and counted;
+   error); when a time column is mapped, rows without a time are dropped and counted; a row with a history column
+   (LLMRank's and AgentCF's ``item_id_list``) stands for its history's items, oldest first, then its own item;
 2. keeps one interaction per (user, item): the earliest, ties to the first in the file (a repeat would put the
    target in its own history);
 3. filters users with fewer than ``min_user_interactions`` interactions and, with ``k_core`` K, users and items
@@ -50,7 +51,8 @@ log = logging.getLogger("agenticrec.importer")
 csv.field_size_limit(2**31 - 1)
 
 # role -> the column read when no --columns / --item-columns names another (RecBole's names)
-INTERACTION_COLUMNS = {"user": "user_id", "item": "item_id", "time": "timestamp", "rating": "rating"}
+INTERACTION_COLUMNS = {"user": "user_id", "item": "item_id", "time": "timestamp", "rating": "rating",
+                       "history": "item_id_list"}
 ITEM_COLUMNS = {"id": "item_id", "title": "title", "categories": "categories", "brand": "brand", "price": "price",
                 "description": "description", "average_rating": "average_rating", "rating_count": "rating_count",
                 "source_id": "source_id"}
@@ -62,7 +64,7 @@ SECONDS_BELOW = 1e11  # time_unit "auto": epoch seconds reach 1e11 in the year 5
 @dataclass
 class ImportConfig:
     name: str
-    inter: Path
+    inter: Path | list[Path]  # several files (RecBole's benchmark split files) are read in order, as one table
     item: Path | None = None
     columns: dict = field(default_factory=dict)  # role -> column of the interactions file
     item_columns: dict = field(default_factory=dict)  # role -> column of the items file
@@ -71,6 +73,9 @@ class ImportConfig:
     k_core: int = 0
     time_unit: str = "auto"  # auto | s | ms
     licence: str = "not stated (imported by the user)"
+
+    def __post_init__(self):
+        self.inter = [self.inter] if isinstance(self.inter, Path) else list(self.inter)
 
 
 @dataclass
@@ -256,14 +261,26 @@ class Interaction:
 
 
 def read_interactions(cfg: ImportConfig, report: dict) -> list[Interaction]:
-    table = open_table(cfg.inter)
-    columns = map_columns(table, INTERACTION_COLUMNS, cfg.columns, ("user", "item"), "--columns")
-    report["columns"] = columns
-    report["ignored_columns"] = {str(cfg.inter): [c for c in table.columns if c not in columns.values()]}
+    events = [e for path in cfg.inter for e in _interactions_of(path, cfg.columns, report)]
+    if not events:
+        raise DataError(f"{', '.join(map(str, cfg.inter))}: no interaction ({json.dumps(report['counts'])})")
+    return events
+
+
+def _interactions_of(path: Path, given: dict, report: dict) -> list[Interaction]:
+    table = open_table(path)
+    columns = map_columns(table, INTERACTION_COLUMNS, given, ("user", "item"), "--columns")
+    report["columns"][str(path)] = columns
+    report["ignored_columns"][str(path)] = [c for c in table.columns if c not in columns.values()]
+    if "history" in columns and "time" in columns:
+        raise DataError(f"{path}: a history column ({columns['history']}) and a time column ({columns['time']}) "
+                        "together: the history's items have no times; map only one")
     out, without_time = [], 0
-    for line_no, row in tqdm(table.rows, desc=f"interactions {cfg.inter.name}", unit=" rows", mininterval=1):
+    for line_no, row in tqdm(table.rows, desc=f"interactions {path.name}", unit=" rows", mininterval=1):
         try:
-            event = Interaction(_token(row[columns["user"]]), _token(row[columns["item"]]),
+            user = _token(row[columns["user"]])
+            history = [Interaction(user, item, None, None) for item in _history(row.get(columns.get("history")))]
+            event = Interaction(user, _token(row[columns["item"]]),
                                 _time(row[columns["time"]]) if "time" in columns else None,
                                 _number(row[columns["rating"]]) if "rating" in columns else None)
         except (KeyError, TypeError, ValueError) as err:
@@ -273,13 +290,22 @@ def read_interactions(cfg: ImportConfig, report: dict) -> list[Interaction]:
         if "time" in columns and event.time is None:
             without_time += 1
             continue
-        out.append(event)
+        out += [*history, event]
     table.skips.close()
-    report["counts"].update(rows=table.skips.total, malformed_lines=table.skips.bad,
-                            interactions_without_time=without_time)
-    if not out:
-        raise DataError(f"{cfg.inter}: no interaction ({json.dumps(report['counts'])})")
+    counts = report["counts"]
+    for key, n in (("rows", table.skips.total), ("malformed_lines", table.skips.bad),
+                   ("interactions_without_time", without_time)):
+        counts[key] = counts.get(key, 0) + n
     return out
+
+
+def _history(value) -> list[str]:
+    """A history column (LLMRank's / AgentCF's ``item_id_list:token_seq``): the items before the row's item, oldest
+    first. Rows that repeat a prefix of the same user's sequence (one row per target) add nothing: ``dedupe``
+    keeps each (user, item) at its first place."""
+    if value is None:
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else value.split()
 
 
 def read_items(cfg: ImportConfig, report: dict) -> dict[str, dict]:
@@ -288,7 +314,7 @@ def read_items(cfg: ImportConfig, report: dict) -> dict[str, dict]:
         return {}
     table = open_table(cfg.item)
     columns = map_columns(table, ITEM_COLUMNS, cfg.item_columns, ("id",), "--item-columns")
-    report["item_columns"] = columns
+    report["columns"][str(cfg.item)] = columns
     report["ignored_columns"][str(cfg.item)] = [c for c in table.columns if c not in columns.values()]
     items, repeated = {}, 0
     for line_no, row in tqdm(table.rows, desc=f"items {cfg.item.name}", unit=" rows", mininterval=1):
@@ -392,14 +418,14 @@ def number_items(records: dict[str, dict], users: dict[str, list[Interaction]], 
 
 
 def import_dataset(cfg: ImportConfig) -> Dataset:
-    report: dict = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
-                    "counts": {}}
+    report: dict = {"config": json.loads(json.dumps(asdict(cfg), default=str)), "counts": {}, "columns": {},
+                    "ignored_columns": {}}
     counts = report["counts"]
     events = dedupe(read_interactions(cfg, report), counts)
     records = read_items(cfg, report)
     events, report["filter_rounds"] = k_core(events, cfg.min_user_interactions, cfg.k_core)
     if not events:
-        raise DataError(f"{cfg.inter}: no interaction survives the filter ({report['filter_rounds']})")
+        raise DataError(f"{cfg.name}: no interaction survives the filter ({report['filter_rounds']})")
     users = by_user(events, counts)
     ids = number_items(records, users, cfg.k_core, counts)
     items = [item_record(i, records.get(token, {}).get("title"),
@@ -431,14 +457,14 @@ def _split(cfg: ImportConfig, events: list[Interaction]) -> str:
     if cfg.split == "auto":
         return "global_time" if timed else "leave_one_out"
     if cfg.split == "global_time" and not timed:
-        raise DataError(f"{cfg.inter}: --split global_time needs a time column (name it with --columns time=COLUMN)")
+        raise DataError(f"{cfg.name}: --split global_time needs a time column (name it with --columns time=COLUMN)")
     if cfg.split not in ("global_time", "leave_one_out"):
         raise DataError(f"--split {cfg.split!r}: expected auto, global_time or leave_one_out")
     return cfg.split
 
 
 def _source(cfg: ImportConfig) -> str:
-    files = [p for p in (cfg.inter, cfg.item) if p is not None]
+    files = [*cfg.inter, *([cfg.item] if cfg.item else [])]
     return "imported: " + ", ".join(f"{p.name} (sha256 {_sha256(p)[:16]})" for p in files)
 
 
@@ -513,7 +539,8 @@ def _seconds(ms: int | None) -> str:
 def add_commands(sub) -> None:
     p = sub.add_parser("import", help="RecBole atomic files or a CSV / TSV / JSON-lines table -> a dataset")
     p.add_argument("name", help="the dataset's name: it is written to OUT/NAME")
-    p.add_argument("--inter", type=Path, required=True, help="interactions: .inter, .csv, .tsv or .jsonl (.gz)")
+    p.add_argument("--inter", type=Path, nargs="+", required=True,
+                   help="interactions: .inter, .csv, .tsv or .jsonl (.gz); several files are read in order as one")
     p.add_argument("--item", type=Path, help="items: .item, .csv, .tsv or .jsonl (.gz); titles come from here")
     p.add_argument("--columns", help="interaction columns by role, e.g. user=userId,item=movieId,time=ts,rating=r "
                    f"(default: {','.join(f'{k}={v}' for k, v in INTERACTION_COLUMNS.items())})")

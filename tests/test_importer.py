@@ -143,6 +143,24 @@ def test_k_core_rounds_until_every_user_and_item_has_k(tmp_path):
         f"Item {i}" for i in "abcdx"]
 
 
+def test_history_rows_from_several_files_become_one_sequence_per_user(tmp_path):
+    """LLMRank's / AgentCF's benchmark files: a row is (user, its history, the next item), one row per target, the
+    splits in separate files. The rows repeat prefixes: each (user, item) counts once, at its first place."""
+    header = ["user_id:token", "item_id_list:token_seq", "item_id:token"]
+    train = write_rows(tmp_path / "cds.train.inter", [header, ["u1", "p", "q"], ["u1", "p q", "r"], ["u2", "s", "p"]])
+    test = write_rows(tmp_path / "cds.test.inter", [header, ["u1", "p q r", "t"], ["u2", "s p", "q"]])
+    item = write_rows(tmp_path / "cds.item", [["item_id:token", "title:token_seq", "category:token_seq"],
+                                              *[[i, i.upper(), "Folk; Pop"] for i in "pqrst"]])
+    data = import_dataset(ImportConfig("cds", [train, test], item))
+    assert sequences(data) == [("u1", [0, 1, 2, 4], None, None), ("u2", [3, 0, 1], None, None)]
+    assert data.meta["import"]["counts"]["duplicate_user_item"] == (2 + 3 + 4 - 4) + (2 + 3 - 3)
+    assert data.meta["import"]["ignored_columns"] == {str(train): [], str(test): [], str(item): ["category"]}
+    assert data.protocol == "leave_one_out"
+    timed = write_rows(tmp_path / "t.inter", [header + ["timestamp:float"], ["u1", "p", "q", 5]])
+    with pytest.raises(DataError, match=r"t.inter: a history column \(item_id_list\) and a time column"):
+        import_dataset(ImportConfig("cds", timed, item))
+
+
 def _generated(tmp_path: Path, bad: int) -> Path:
     rows = [["user_id:token", "item_id:token", "rating:float"]]
     rows += [[f"u{n % 20}", f"i{n}", 5] for n in range(200 - bad)]
