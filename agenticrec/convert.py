@@ -281,7 +281,8 @@ def _assemble_2023(name, kept, metadata, skipped, start, end, fractions, min_use
     times = [t for s in sequences for t in s.timestamps]
     if not times:
         raise DataError(f"{source}: no interaction survives the protocol ({dict(skipped)})")
-    meta = {"name": name, "split": "global_time", **global_time_cuts(times, fractions), "window": [start, end], "source": source, "skipped": dict(skipped),
+    meta = {"name": name, "split": "global_time", **global_time_cuts(times, fractions), "window": [start, end],
+            "source": source, "skipped": dict(skipped),
             "licence": "Amazon Reviews 2023 (McAuley lab), research use only",
             "fields": ["title", "categories", "brand", "price", "average_rating", "rating_count", "description",
                        "timestamps", "ratings"]}
