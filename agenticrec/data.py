@@ -81,21 +81,24 @@ class LineSkips:
 
 
 def open_text(path: Path):
-    """A text file, gunzipped when its name ends in .gz."""
-    return gzip.open(path, "rt", encoding="utf-8", newline="") if path.suffix == ".gz" else \
-        open(path, encoding="utf-8", newline="")
+    """A UTF-8 text file (a byte-order mark is dropped), gunzipped when its name ends in .gz."""
+    return gzip.open(path, "rt", encoding="utf-8-sig", newline="") if path.suffix == ".gz" else \
+        open(path, encoding="utf-8-sig", newline="")
 
 
 def read_jsonl(path: Path, max_bad_fraction: float = 0.01) -> Iterator[dict]:
     """Yield the JSON objects of a (gzipped) JSON-lines file. Malformed lines are skipped, counted and logged;
     more than ``max_bad_fraction`` of them is a ``DataError`` (the file is probably not what it claims)."""
-    for _, record in read_jsonl_lines(path, max_bad_fraction):
-        yield record
-
-
-def read_jsonl_lines(path: Path, max_bad_fraction: float = 0.01) -> Iterator[tuple[int, dict]]:
-    """``read_jsonl`` with the line number of each record."""
     skips = LineSkips(path, max_bad_fraction)
+    for _, record in json_records(path, skips):
+        skips.good()
+        yield record
+    skips.close()
+
+
+def json_records(path: Path, skips: LineSkips) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each JSON object of a (gzipped) JSON-lines file; a malformed line goes to
+    ``skips`` (the caller counts the good ones and closes it)."""
     try:
         with open_text(path) as f:
             for line_no, line in enumerate(f, 1):
@@ -108,11 +111,9 @@ def read_jsonl_lines(path: Path, max_bad_fraction: float = 0.01) -> Iterator[tup
                 except ValueError as err:
                     skips.skip(line_no, str(err))
                     continue
-                skips.good()
                 yield line_no, record
     except (OSError, EOFError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: unreadable ({err})") from None
-    skips.close()
 
 
 def temp_path(path: Path) -> Path:

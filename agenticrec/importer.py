@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from agenticrec.convert import clean_text, item_record, save
 from agenticrec.data import (DATA_ROOT, ITEM_FIELDS, DataError, Dataset, LineSkips, Sequence, global_time_cuts,
-                             open_text, read_jsonl_lines)
+                             json_records, open_text)
 
 log = logging.getLogger("agenticrec.importer")
 csv.field_size_limit(2**31 - 1)
@@ -75,7 +75,8 @@ class ImportConfig:
     licence: str = "not stated (imported by the user)"
 
     def __post_init__(self):
-        self.inter = [self.inter] if isinstance(self.inter, Path) else list(self.inter)
+        self.inter = [Path(self.inter)] if isinstance(self.inter, (str, Path)) else [Path(p) for p in self.inter]
+        self.item = Path(self.item) if self.item is not None else None
 
 
 @dataclass
@@ -105,12 +106,15 @@ def table_kind(path: Path) -> str:
 
 
 def open_table(path: Path) -> Table:
+    """The table's header and a generator of its rows. The generator skips (and reports to ``Table.skips``) only
+    lines it cannot split into the header's fields; whoever reads a row calls ``skips.good`` or ``skips.skip``."""
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     kind = table_kind(path)
-    if kind == "jsonl":
-        return _jsonl_table(path)
-    return _delimited_table(path, "atomic" if kind == "atomic" else kind)
+    try:
+        return _jsonl_table(path) if kind == "jsonl" else _delimited_table(path, kind)
+    except UNREADABLE as err:
+        raise unreadable(path, err) from None
 
 
 def _delimited_table(path: Path, kind: str) -> Table:
@@ -128,15 +132,29 @@ def _delimited_table(path: Path, kind: str) -> Table:
     def rows():
         with f:
             for line_no, values in enumerate(lines, 2):
-                if kind != "atomic":
-                    line_no = lines.line_num
+                line_no = lines.line_num if kind != "atomic" else line_no
                 if not values or values == [""]:
                     continue
                 if len(values) != len(names):
                     skips.skip(line_no, f"{len(values)} fields, the header has {len(names)}")
                     continue
                 yield line_no, dict(zip(names, values))
-    return Table(path, names, types, rows(), skips)
+    return Table(path, names, types, _readable(path, rows()), skips)
+
+
+UNREADABLE = (OSError, EOFError, UnicodeDecodeError, csv.Error)
+
+
+def unreadable(path: Path, err: Exception) -> DataError:
+    return DataError(f"{path}: unreadable ({err}); tables must be UTF-8 text, gzipped or not")
+
+
+def _readable(path: Path, rows: Iterator) -> Iterator:
+    """``rows``, with a file that turns out unreadable midway (not UTF-8, a corrupt .gz) a ``DataError``."""
+    try:
+        yield from rows
+    except UNREADABLE as err:
+        raise unreadable(path, err) from None
 
 
 def _header(path: Path, header: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -153,7 +171,8 @@ def _header(path: Path, header: list[str]) -> tuple[list[str], dict[str, str]]:
 
 def _jsonl_table(path: Path) -> Table:
     """JSON lines have no header: the first record's keys stand for it."""
-    records = read_jsonl_lines(path)
+    skips = LineSkips(path)
+    records = json_records(path, skips)
     first = next(records, None)
     if first is None:
         raise DataError(f"{path}: empty file (no JSON record)")
@@ -161,7 +180,7 @@ def _jsonl_table(path: Path) -> Table:
     def rows():
         yield first
         yield from records
-    return Table(path, list(first[1]), {}, rows(), LineSkips(path))
+    return Table(path, list(first[1]), {}, rows(), skips)
 
 
 # --------------------------------------------------------------------------------------------------------------------

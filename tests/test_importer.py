@@ -196,6 +196,27 @@ def test_unusable_interaction_files_are_clear_errors_naming_the_file(tmp_path, n
         import_dataset(ImportConfig("bad", path))
 
 
+def test_a_byte_order_mark_is_dropped_and_text_not_in_utf8_is_a_clear_error(tmp_path):
+    item = write_rows(tmp_path / "i.item", [["item_id:token", "title:token_seq"], ["a", "Café"], ["b", "B"]])
+    inter = tmp_path / "excel.csv"
+    inter.write_bytes("\ufeffuser_id,item_id\nu,a\nu,b\n".encode())  # what spreadsheet programs write
+    assert sequences(import_dataset(ImportConfig("x", inter, item))) == [("u", [0, 1], None, None)]
+    latin = tmp_path / "latin.item"
+    latin.write_bytes("item_id:token\ttitle:token_seq\na\tCafé\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin.item: unreadable .*tables must be UTF-8 text"):
+        import_dataset(ImportConfig("x", inter, latin))
+
+
+def test_a_malformed_json_line_is_a_counted_skip(tmp_path):
+    lines = [json.dumps({"user": "u", "item": f"i{n}"}) for n in range(150)] + ['{"user": "u", "item"']
+    inter = tmp_path / "events.jsonl"
+    inter.write_text("\n".join(lines) + "\n")
+    item = write_rows(tmp_path / "i.item", [["item_id:token", "title:token_seq"],
+                                            *[[f"i{n}", "T"] for n in range(150)]])
+    data = import_dataset(ImportConfig("x", inter, item, columns={"user": "user", "item": "item"}))
+    assert data.meta["import"]["counts"]["malformed_lines"] == 1 and data.meta["import"]["counts"]["rows"] == 151
+
+
 def test_bad_column_maps_and_splits_are_clear_errors(atomic, tmp_path):
     inter, item = atomic
     with pytest.raises(DataError, match=r"--columns: unknown role\(s\) usr; the roles are user, item"):
