@@ -235,14 +235,16 @@ def _number(value) -> float | None:
     return number
 
 
-def _time(value) -> float | None:
-    """A number as given, or an ISO 8601 date / datetime as epoch seconds (UTC when it has no zone)."""
+def _time(value, unit: str) -> float | None:
+    """A number as given, or an ISO 8601 date / datetime (UTC when it has no zone) as epoch seconds, or
+    milliseconds when the file's unit is declared ms."""
     try:
         return _number(value)
     except (TypeError, ValueError):
         pass
     moment = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
-    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+    seconds = (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+    return seconds * MS_FROM["s"] if unit == "ms" else seconds
 
 
 def categories_of(value, atomic_type: str | None) -> list[str] | None:
@@ -280,13 +282,13 @@ class Interaction:
 
 
 def read_interactions(cfg: ImportConfig, report: dict) -> list[Interaction]:
-    events = [e for path in cfg.inter for e in _interactions_of(path, cfg.columns, report)]
+    events = [e for path in cfg.inter for e in _interactions_of(path, cfg.columns, cfg.time_unit, report)]
     if not events:
         raise DataError(f"{', '.join(map(str, cfg.inter))}: no interaction ({json.dumps(report['counts'])})")
     return events
 
 
-def _interactions_of(path: Path, given: dict, report: dict) -> list[Interaction]:
+def _interactions_of(path: Path, given: dict, time_unit: str, report: dict) -> list[Interaction]:
     table = open_table(path)
     columns = map_columns(table, INTERACTION_COLUMNS, given, ("user", "item"), "--columns")
     report["columns"][str(path)] = columns
@@ -300,7 +302,7 @@ def _interactions_of(path: Path, given: dict, report: dict) -> list[Interaction]
             user = _token(row[columns["user"]])
             history = [Interaction(user, item, None, None) for item in _history(row.get(columns.get("history")))]
             event = Interaction(user, _token(row[columns["item"]]),
-                                _time(row[columns["time"]]) if "time" in columns else None,
+                                _time(row[columns["time"]], time_unit) if "time" in columns else None,
                                 _number(row[columns["rating"]]) if "rating" in columns else None)
         except (KeyError, TypeError, ValueError) as err:
             table.skips.skip(line_no, f"{type(err).__name__}: {err}")
@@ -383,7 +385,7 @@ def dedupe(events: list[Interaction], counts: dict) -> list[Interaction]:
 
 def k_core(events: list[Interaction], min_user: int, k: int) -> tuple[list[Interaction], list[dict]]:
     """Drop users with fewer than max(min_user, k) interactions and items with fewer than k, round after round
-    until every user and item left has enough (each round removes what the previous one's counts condemn)."""
+    until every user and item left has enough: each round removes all that are below at that round's counts."""
     rounds = []
     while True:
         per_user, per_item = Counter(e.user for e in events), Counter(e.item for e in events)
@@ -447,9 +449,7 @@ def import_dataset(cfg: ImportConfig) -> Dataset:
         raise DataError(f"{cfg.name}: no interaction survives the filter ({report['filter_rounds']})")
     users = by_user(events, counts)
     ids = number_items(records, users, cfg.k_core, counts)
-    items = [item_record(i, records.get(token, {}).get("title"),
-                         **{k: v for k, v in records.get(token, {}).items() if k != "title"})
-             for token, i in ids.items()]
+    items = [item_record(i, **records.get(token, {"title": None})) for token, i in ids.items()]
     counts["items_without_title"] = sum(not r.get("title") for r in items)
     if counts["items_without_title"] == len(items):
         where = f"{cfg.item} has none (name its title column with --item-columns title=COLUMN)" if cfg.item else \
@@ -458,10 +458,8 @@ def import_dataset(cfg: ImportConfig) -> Dataset:
     split = _split(cfg, events)
     timed = events[0].time is not None
     factor, report["time_unit"] = to_ms([e.time for e in events], cfg.time_unit) if timed else (None, None)
-    rated = all(e.rating is not None for e in events)
-    sequences = [Sequence(user, [ids[e.item] for e in seq],
-                          [round(e.time * factor) for e in seq] if timed else None,
-                          [e.rating for e in seq] if rated else None) for user, seq in users.items()]
+    sequences = [_sequence(user, seq, ids, factor) for user, seq in users.items()]
+    rated = any(s.ratings is not None for s in sequences)
     meta = {"name": cfg.name, "split": split, "source": _source(cfg), "licence": cfg.licence,
             "fields": [f for f in ITEM_FIELDS if any(f in r for r in items)]
             + ["timestamps"] * timed + ["ratings"] * rated, "import": report}
@@ -469,6 +467,14 @@ def import_dataset(cfg: ImportConfig) -> Dataset:
         meta.update(global_time_cuts(t for s in sequences for t in s.timestamps))
     log.info("%s: %s; filter rounds %s", cfg.name, json.dumps(counts), report["filter_rounds"])
     return Dataset(cfg.name, meta, items, sequences)
+
+
+def _sequence(user: str, seq: list[Interaction], ids: dict[str, int], ms_factor: float | None) -> Sequence:
+    """Times in whole milliseconds (the nearest: 1078625331.86 s * 1000 is not exact in floating point); ratings
+    when every interaction of the user has one."""
+    return Sequence(user, [ids[e.item] for e in seq],
+                    [round(e.time * ms_factor) for e in seq] if ms_factor is not None else None,
+                    [e.rating for e in seq] if all(e.rating is not None for e in seq) else None)
 
 
 def _split(cfg: ImportConfig, events: list[Interaction]) -> str:

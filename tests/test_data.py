@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from agenticrec.convert import clean_title, prepare_amazon2023
-from agenticrec.data import (DataError, Dataset, Sequence, Window, build_instances, load_dataset, load_instances,
-                             read_jsonl, stats, training_sequences, write_jsonl)
+from agenticrec.data import (DATA_ROOT, DataError, Dataset, Sequence, Window, build_instances, dataset_folder,
+                             instances_path, load_dataset, load_instances, read_jsonl, stats, training_sequences,
+                             write_jsonl)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -121,6 +122,16 @@ def test_written_files_depend_on_the_records_only(tmp_path):
     write_jsonl(tmp_path / "b" / "items.jsonl.gz", records)
     assert (tmp_path / "a" / "items.jsonl.gz").read_bytes() == (tmp_path / "b" / "items.jsonl.gz").read_bytes()
     assert list(read_jsonl(tmp_path / "a" / "items.jsonl.gz")) == records
+
+
+def test_a_dataset_is_found_by_name_first_then_as_a_folder(tmp_path, monkeypatch):
+    for name in ("games", "mine"):  # a folder named like a shipped dataset does not hide it
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "meta.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    assert dataset_folder("games") == DATA_ROOT / "games"
+    assert dataset_folder("mine") == Path("mine") and dataset_folder(tmp_path / "mine") == tmp_path / "mine"
+    assert instances_path("mine", "test") == Path("mine") / "instances" / "test.jsonl.gz"
 
 
 def test_unknown_dataset_names_the_known_ones():

@@ -123,6 +123,8 @@ def test_a_plain_csv_and_a_jsonl_items_table_give_the_same_dataset(tmp_path):
     assert data.items == EXPECTED_ITEMS
     assert sequences(data) == EXPECTED_SEQUENCES
     assert data.meta["import"]["ignored_columns"] == {str(inter): ["comment"], str(item): []}
+    cfg.time_unit = "ms"  # declared milliseconds: ISO times are read in ms too
+    assert sequences(import_dataset(cfg)) == EXPECTED_SEQUENCES
 
 
 def test_k_core_rounds_until_every_user_and_item_has_k(tmp_path):
@@ -252,6 +254,15 @@ def test_times_in_seconds_become_the_nearest_millisecond(tmp_path):
                                               ["u", "a", "1078625331.86"], ["u", "b", "1078625332"]])
     item = write_rows(tmp_path / "t.item", [["item_id:token", "title:token_seq"], ["a", "A"], ["b", "B"]])
     assert import_dataset(ImportConfig("t", inter, item)).sequences[0].timestamps == [1078625331860, 1078625332000]
+
+
+def test_ratings_are_kept_for_each_user_whose_every_interaction_has_one(tmp_path):
+    inter = write_rows(tmp_path / "r.inter", [["user_id:token", "item_id:token", "rating:float"],
+                                              ["u", "a", 5], ["u", "b", ""], ["v", "a", 3], ["v", "b", 4]])
+    item = write_rows(tmp_path / "r.item", [["item_id:token", "title:token_seq"], ["a", "A"], ["b", "B"]])
+    data = import_dataset(ImportConfig("r", inter, item))
+    assert sequences(data) == [("u", [0, 1], None, None), ("v", [0, 1], None, [3.0, 4.0])]
+    assert data.meta["fields"] == ["title", "ratings"]
 
 
 def test_beauty2023_with_times_in_ms_and_ratings_comes_back_the_same(tmp_path):
