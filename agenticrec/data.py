@@ -1,6 +1,8 @@
 """Datasets in one on-disk format, the split protocols, and the fixed evaluation instances.
 
-A dataset is a folder ``data/<name>/`` (docs/data.md has the full description):
+A dataset is a folder ``data/<name>/`` (docs/data.md has the full description), written by a converter
+(``agenticrec.convert``) or imported from RecBole atomic files or any interaction table (``agenticrec.importer``);
+scripts take it by name or by its folder (``dataset_folder``):
 
     meta.json              name, source, licence, split protocol, and the counts of the conversion
     items.jsonl.gz         {"id": 0, "title": "...", "categories": [...], "brand", "price", "average_rating",
