@@ -125,6 +125,8 @@ def test_a_plain_csv_and_a_jsonl_items_table_give_the_same_dataset(tmp_path):
     assert data.meta["import"]["ignored_columns"] == {str(inter): ["comment"], str(item): []}
     cfg.time_unit = "ms"  # declared milliseconds: ISO times are read in ms too
     assert sequences(import_dataset(cfg)) == EXPECTED_SEQUENCES
+    cfg.inter = [write_rows(tmp_path / "events.tsv", [[str(v).replace('"', "") for v in row] for row in rows])]
+    assert sequences(import_dataset(cfg)) == EXPECTED_SEQUENCES  # the same table tab-separated
 
 
 def test_k_core_rounds_until_every_user_and_item_has_k(tmp_path):
@@ -309,6 +311,10 @@ def test_the_import_command_writes_a_dataset_that_stats_reads(imported):
     titles = [r["title"] for r in slice_.items]
     assert all([titles[i] for i in s.items] == [games.items[i]["title"] for i in by_user[s.user]]
                for s in slice_.sequences)
+    built = subprocess.run([sys.executable, "-m", "agenticrec.data", "instances", str(folder), "--candidates", "5"],
+                           capture_output=True, text=True, cwd=ROOT)
+    assert json.loads(built.stdout)["test"] == {"instances": 300}
+    assert all(len(x.candidates) == 5 for x in load_instances(folder, "test", num_candidates=5))
     again = subprocess.run([sys.executable, "-m", "agenticrec.data", "import", "games_slice", "--inter",
                             str(FIXTURES / "games_atomic" / "games.inter"), "--out", str(folder.parent)],
                            capture_output=True, text=True, cwd=ROOT)
