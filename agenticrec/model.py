@@ -34,11 +34,13 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
+from torch.nn.attention.bias import CausalBias, causal_lower_right
 
 from agenticrec import safetensors_io
 from agenticrec.safetensors_io import CheckpointError
 
-__all__ = ["Qwen3Config", "Qwen3", "CheckpointError", "load_pretrained", "save_pretrained", "causal_mask"]
+__all__ = ["Qwen3Config", "Qwen3", "CheckpointError", "load_pretrained", "save_pretrained", "causal_mask",
+           "attention_mask"]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -172,6 +174,26 @@ def causal_mask(positions: torch.Tensor, kv_len: int) -> torch.Tensor:
     return (slots[None, None, :] <= positions[:, :, None])[:, None]
 
 
+def attention_mask(positions: torch.Tensor, kv_len: int) -> torch.Tensor | CausalBias | None:
+    """What attention over cache slots 0..kv_len-1 needs for queries at ``positions`` [B, T] (each sees slots
+    0..its position), in the form the fused kernels take, not a dense mask where it can be helped:
+
+    - None: every row starts at 0 (kv_len == T): plain causal attention (``is_causal=True``);
+    - ``causal_lower_right(T, kv_len)``: every row's queries are the last T slots (a continuation of a shared
+      prefix, ``policy.group_logprobs``; a decode step of rows of equal length): the bottom-right triangle as a
+      structure that the flash kernel takes (no [B, H, T, kv_len] scores);
+    - [B, 1, 1, kv_len] (T == 1, rows at ragged lengths: a decode step): each row's valid slots, which
+      ``Attention`` broadcasts over the query heads of each KV head (GQA folded, no K/V repetition);
+    - [B, 1, T, kv_len] (chunks appended at ragged offsets: forced tool responses): ``causal_mask``.
+    """
+    T = positions.shape[1]
+    if kv_len == T:
+        return None
+    if bool((positions[:, 0] == kv_len - T).all()):
+        return causal_lower_right(T, kv_len)
+    return causal_mask(positions, kv_len)
+
+
 class KVCache(Protocol):
     """What attention needs from a cache (``agenticrec.engine`` provides the preallocated implementation)."""
 
@@ -202,9 +224,22 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, positions, k, v, kv_len)  # [B, Hkv, kv_len, D]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                             enable_gqa=self.n_heads != self.n_kv_heads)  # [B, H, T, D]
+        if T == 1 and isinstance(mask, torch.Tensor) and self.n_heads != self.n_kv_heads:
+            out = self.folded_decode(q, k, v, mask)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                                 enable_gqa=self.n_heads != self.n_kv_heads)  # [B, H, T, D]
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+    def folded_decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """One query per row, q [B, H, 1, D], over k, v [B, Hkv, S, D] with each row's valid slots mask
+        [B, 1, 1, S]: query head h reads KV head h // g (g = H / Hkv), so the g query heads of one KV head are g
+        queries of one [g, S] attention. Equal heads on both sides: no K/V repetition, and a kernel that takes a
+        mask but not GQA (memory-efficient) takes it."""
+        B, H, _, D = q.shape
+        folded = q.reshape(B, self.n_kv_heads, H // self.n_kv_heads, D)  # [B, Hkv, g, D]
+        out = F.scaled_dot_product_attention(folded, k, v, attn_mask=mask)  # the mask broadcasts over the g queries
+        return out.reshape(B, H, 1, D)
 
 
 class MLP(nn.Module):
@@ -279,9 +314,9 @@ class Qwen3(nn.Module):
 
         positions [B, T]: absolute position of each token, consecutive within a row (default 0..T-1). With a
         ``kv_cache`` the tokens are written to the cache slots named by ``positions`` and attend to slots
-        0..position (``causal_mask``); when every row starts at 0 that is plain causal attention, which lets SDPA
-        skip the masked half. Without a cache: causal attention over the T tokens (right padding is harmless: it
-        comes last).
+        0..position, in the form ``attention_mask`` picks (plain causal when every row starts at 0, which lets
+        SDPA skip the masked half). Without a cache: causal attention over the T tokens (right padding is
+        harmless: it comes last).
         """
         B, T = input_ids.shape
         if positions is None:
@@ -291,8 +326,7 @@ class Qwen3(nn.Module):
         mask, kv_len = None, T
         if kv_cache is not None:
             kv_len = int(positions.max()) + 1  # attend over the used prefix of the preallocated cache only
-            if kv_len > T:  # some row continues a cached context (kv_len == T: all rows start at 0, plain causal)
-                mask = causal_mask(positions, kv_len)
+            mask = attention_mask(positions, kv_len)
         for layer in self.model["layers"]:
             if self.activation_checkpointing and torch.is_grad_enabled():  # keep only layer inputs for backward
                 x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, positions, mask, kv_cache, kv_len,

@@ -13,7 +13,10 @@ from hypothesis import strategies as st
 from transformers import Qwen3Config as HFQwen3Config
 from transformers import Qwen3ForCausalLM
 
-from agenticrec.model import CheckpointError, Qwen3, Qwen3Config, causal_mask, load_pretrained, save_pretrained
+from torch.nn.attention.bias import CausalBias
+
+from agenticrec.model import (Attention, CheckpointError, Qwen3, Qwen3Config, attention_mask, causal_mask,
+                              load_pretrained, rotary_cos_sin, save_pretrained)
 
 
 def hf_model(seed=0, **overrides) -> Qwen3ForCausalLM:
@@ -270,6 +273,71 @@ def test_causal_mask_is_bottom_right_aligned_for_appended_chunks():
     assert torch.equal(mask, torch.ones(q_len, kv_len, dtype=torch.bool).tril(diagonal=kv_len - q_len))
     # is_causal=True's top-left triangle would hide cached tokens from the first query:
     assert not torch.equal(mask, torch.ones(q_len, kv_len, dtype=torch.bool).tril())
+
+
+class Slots:
+    """A cache whose slot j holds position j, as the engine's: [B, Hkv, S, D] keys and values."""
+
+    def __init__(self, k, v):
+        self.k, self.v = k, v
+
+    def update(self, layer_idx, positions, k, v, kv_len):
+        rows = torch.arange(len(positions))[:, None]
+        self.k[rows, :, positions], self.v[rows, :, positions] = k.transpose(1, 2), v.transpose(1, 2)
+        return self.k[:, :, :kv_len], self.v[:, :, :kv_len]
+
+
+def attention_by_hand(attn, x, cos, sin, positions, k_cache, v_cache):
+    """softmax(q k^T / sqrt(D) + mask) v written out: query head h reads KV head h // (H / Hkv); a query at
+    position p sees slots 0..p."""
+    B, T, _ = x.shape
+    H, Hkv, D = attn.n_heads, attn.n_kv_heads, attn.head_dim
+    q = attn.q_norm(attn.q_proj(x).view(B, T, H, D)).transpose(1, 2)
+    k = attn.k_norm(attn.k_proj(x).view(B, T, Hkv, D)).transpose(1, 2)
+    v = attn.v_proj(x).view(B, T, Hkv, D).transpose(1, 2)
+
+    def rotate(t):  # rotate-half RoPE
+        return t * cos[:, None] + torch.cat((-t[..., D // 2:], t[..., :D // 2]), -1) * sin[:, None]
+
+    q, k = rotate(q), rotate(k)
+    keys, values = k_cache.clone(), v_cache.clone()
+    for b in range(B):
+        keys[b, :, positions[b]], values[b, :, positions[b]] = k[b], v[b]
+    kv_len = int(positions.max()) + 1
+    keys = keys[:, :, :kv_len].repeat_interleave(H // Hkv, 1)  # [B, H, kv_len, D]
+    values = values[:, :, :kv_len].repeat_interleave(H // Hkv, 1)
+    scores = q @ keys.transpose(-1, -2) / D ** 0.5  # [B, H, T, kv_len]
+    visible = torch.arange(kv_len)[None, None, None] <= positions[:, None, :, None]
+    out = scores.masked_fill(~visible, float("-inf")).softmax(-1) @ values
+    return attn.o_proj(out.transpose(1, 2).reshape(B, T, H * D))
+
+
+@pytest.mark.parametrize("case, starts, T, kind", [
+    ("a continuation of a shared prefix (policy)", [30, 30, 30], 10, CausalBias),
+    ("a decode step at ragged lengths", [39, 20, 7], 1, "rows"),
+    ("a decode step at equal lengths", [25, 25, 25], 1, CausalBias),
+    ("forced chunks at ragged offsets", [35, 10, 0], 5, "dense"),
+    ("a prefill", [0, 0, 0], 12, None),
+])
+def test_every_attention_path_equals_attention_written_out(case, starts, T, kind):
+    torch.manual_seed(0)
+    cfg = Qwen3Config(vocab_size=50, hidden_size=64, intermediate_size=96, num_hidden_layers=1, num_attention_heads=8,
+                      num_key_value_heads=2, head_dim=16)
+    attn, B, S = Attention(cfg, 0), len(starts), 48
+    positions = torch.tensor(starts)[:, None] + torch.arange(T)
+    kv_len = int(positions.max()) + 1
+    mask = attention_mask(positions, kv_len)
+    if kind is None or kind is CausalBias:
+        assert mask is None if kind is None else isinstance(mask, CausalBias)
+    else:  # the decode step's [B, 1, 1, kv_len] rows, or the dense [B, 1, T, kv_len]
+        assert torch.equal(mask, causal_mask(positions, kv_len)) and mask.shape[2] == (1 if kind == "rows" else T)
+    x = torch.randn(B, T, cfg.hidden_size)
+    k_cache, v_cache = torch.randn(2, B, cfg.num_key_value_heads, S, cfg.head_dim)
+    cos, sin = rotary_cos_sin(positions, cfg.head_dim, cfg.rope_theta, x.dtype)
+    with torch.no_grad():
+        ours = attn(x, cos, sin, positions, mask, Slots(k_cache.clone(), v_cache.clone()), kv_len)
+        expected = attention_by_hand(attn, x, cos, sin, positions, k_cache, v_cache)
+    assert (ours - expected).abs().max() <= 1e-5, case
 
 
 def test_config_parameter_count_matches_the_module():

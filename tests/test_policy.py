@@ -63,3 +63,21 @@ def test_masked_scoring_equals_full_scoring_on_the_masked_positions():
     part = group_logprobs(model, prompt, continuations, mask=mask)
     assert torch.allclose(part[:, 1:][mask[:, 1:] > 0], full[:, 1:][mask[:, 1:] > 0], atol=1e-6)
     assert torch.all(part[:, 1:][mask[:, 1:] == 0] == 0)
+
+
+def test_the_continuation_pass_never_holds_a_score_tensor():
+    """Forward and backward over G continuations of Lc tokens after a P-token prompt, at a shape where the
+    attention scores [G, H, Lc, P + Lc] (fp32) would dwarf everything else: the pass's peak stays far below
+    one layer's scores, so no kernel on this path materialised them (the lower-right causal structure, no mask)."""
+    from agenticrec.memtrace import allocation_peak
+    torch.manual_seed(0)
+    model = Qwen3(Qwen3Config(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                              num_attention_heads=32, num_key_value_heads=2, head_dim=4, tie_word_embeddings=True))
+    G, P, Lc = 4, 600, 600
+    g = torch.Generator().manual_seed(4)
+    prompt = torch.randint(0, 97, (P,), generator=g).tolist()
+    continuations = [torch.randint(0, 97, (Lc,), generator=g).tolist() for _ in range(G)]
+    scores = G * 32 * (Lc - 1) * (P + Lc - 1) * 4  # one layer's, 367 MB
+    with allocation_peak() as peak:
+        group_logprobs(model, prompt, continuations).sum().backward()
+    assert peak.bytes < scores / 4, (peak.bytes / 1e6, scores / 1e6)
