@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
-from torch.nn.attention.bias import CausalBias, causal_lower_right
+from torch.nn.attention.bias import causal_lower_right
 
 from agenticrec import safetensors_io
 from agenticrec.safetensors_io import CheckpointError
@@ -174,12 +174,22 @@ def causal_mask(positions: torch.Tensor, kv_len: int) -> torch.Tensor:
     return (slots[None, None, :] <= positions[:, :, None])[:, None]
 
 
-def attention_mask(positions: torch.Tensor, kv_len: int) -> torch.Tensor | CausalBias | None:
+@dataclass(frozen=True)
+class LowerRightCausal:
+    """The bottom-right causal triangle of ``q_len`` queries over ``kv_len`` slots. A plain value that becomes
+    torch's ``causal_lower_right`` bias at the attention call: that bias is a tensor subclass, which FSDP's input
+    casting (a decoder layer's forward hook) would try to cast."""
+
+    q_len: int
+    kv_len: int
+
+
+def attention_mask(positions: torch.Tensor, kv_len: int) -> torch.Tensor | LowerRightCausal | None:
     """What attention over cache slots 0..kv_len-1 needs for queries at ``positions`` [B, T] (each sees slots
     0..its position), in the form the fused kernels take, not a dense mask where it can be helped:
 
     - None: every row starts at 0 (kv_len == T): plain causal attention (``is_causal=True``);
-    - ``causal_lower_right(T, kv_len)``: every row's queries are the last T slots (a continuation of a shared
+    - ``LowerRightCausal(T, kv_len)``: every row's queries are the last T slots (a continuation of a shared
       prefix, ``policy.group_logprobs``; a decode step of rows of equal length): the bottom-right triangle as a
       structure that the flash kernel takes (no [B, H, T, kv_len] scores);
     - [B, 1, 1, kv_len] (T == 1, rows at ragged lengths: a decode step): each row's valid slots, which
@@ -190,7 +200,7 @@ def attention_mask(positions: torch.Tensor, kv_len: int) -> torch.Tensor | Causa
     if kv_len == T:
         return None
     if bool((positions[:, 0] == kv_len - T).all()):
-        return causal_lower_right(T, kv_len)
+        return LowerRightCausal(T, kv_len)
     return causal_mask(positions, kv_len)
 
 
@@ -221,12 +231,16 @@ class Attention(nn.Module):
         q = self.q_norm(self.q_proj(x).view(B, T, self.n_heads, self.head_dim)).transpose(1, 2)  # [B, H, T, D]
         k = self.k_norm(self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)).transpose(1, 2)  # [B, Hkv, T, D]
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, D]
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        # under autocast the norms give fp32 and the projections bf16: one dtype, as SDPA would cast them (the
+        # lower-right causal bias checks dtypes before SDPA's autocast runs)
+        q, k = apply_rotary(q, cos, sin).to(v.dtype), apply_rotary(k, cos, sin).to(v.dtype)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, positions, k, v, kv_len)  # [B, Hkv, kv_len, D]
         if T == 1 and isinstance(mask, torch.Tensor) and self.n_heads != self.n_kv_heads:
             out = self.folded_decode(q, k, v, mask)
         else:
+            if isinstance(mask, LowerRightCausal):
+                mask = causal_lower_right(mask.q_len, mask.kv_len)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
                                                  enable_gqa=self.n_heads != self.n_kv_heads)  # [B, H, T, D]
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))

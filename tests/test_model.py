@@ -13,10 +13,8 @@ from hypothesis import strategies as st
 from transformers import Qwen3Config as HFQwen3Config
 from transformers import Qwen3ForCausalLM
 
-from torch.nn.attention.bias import CausalBias
-
-from agenticrec.model import (Attention, CheckpointError, Qwen3, Qwen3Config, attention_mask, causal_mask,
-                              load_pretrained, rotary_cos_sin, save_pretrained)
+from agenticrec.model import (Attention, CheckpointError, LowerRightCausal, Qwen3, Qwen3Config, attention_mask,
+                              causal_mask, load_pretrained, rotary_cos_sin, save_pretrained)
 
 
 def hf_model(seed=0, **overrides) -> Qwen3ForCausalLM:
@@ -313,9 +311,9 @@ def attention_by_hand(attn, x, cos, sin, positions, k_cache, v_cache):
 
 
 @pytest.mark.parametrize("case, starts, T, kind", [
-    ("a continuation of a shared prefix (policy)", [30, 30, 30], 10, CausalBias),
+    ("a continuation of a shared prefix (policy)", [30, 30, 30], 10, LowerRightCausal),
     ("a decode step at ragged lengths", [39, 20, 7], 1, "rows"),
-    ("a decode step at equal lengths", [25, 25, 25], 1, CausalBias),
+    ("a decode step at equal lengths", [25, 25, 25], 1, LowerRightCausal),
     ("forced chunks at ragged offsets", [35, 10, 0], 5, "dense"),
     ("a prefill", [0, 0, 0], 12, None),
 ])
@@ -327,8 +325,8 @@ def test_every_attention_path_equals_attention_written_out(case, starts, T, kind
     positions = torch.tensor(starts)[:, None] + torch.arange(T)
     kv_len = int(positions.max()) + 1
     mask = attention_mask(positions, kv_len)
-    if kind is None or kind is CausalBias:
-        assert mask is None if kind is None else isinstance(mask, CausalBias)
+    if kind is None or kind is LowerRightCausal:
+        assert mask == (None if kind is None else LowerRightCausal(T, kv_len))
     else:  # the decode step's [B, 1, 1, kv_len] rows, or the dense [B, 1, T, kv_len]
         assert torch.equal(mask, causal_mask(positions, kv_len)) and mask.shape[2] == (1 if kind == "rows" else T)
     x = torch.randn(B, T, cfg.hidden_size)
