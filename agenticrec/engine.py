@@ -10,7 +10,8 @@ The picture (docs/engine.md has the long version):
                │     on_turn_end(row) -> forced ids ... feed token + forced ids (a tool response), new turn
                │                      -> None ......... row finished
                └─ context limit reached ............. row finished, reason "context"
-               finished rows are compacted out of the cache, so they cost nothing afterwards
+               finished rows are compacted out of the cache, so they cost nothing afterwards, and
+               the next queued prompt's group takes their slots (continuous batching)
 
 Every row carries its ids, a loss mask (1 = sampled by the policy, 0 = prompt or forced) and the log-prob of each
 sampled token under the sampling temperature, built as the tokens are produced — never inferred from ids later.
@@ -19,6 +20,7 @@ The G rollouts of one prompt share its prefill: the prompt is encoded once and i
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -165,8 +167,10 @@ class Engine:
     all turns and forced tokens together); a row that reaches it finishes with reason "context".
 
     ``kv_budget``: bytes the cache of one call may take (None = unbounded). Every row is allocated at
-    ``max_len``, so a call holds at most ``max_rows`` rows; callers size their calls by it, and a call over it is
-    an error, never an out-of-memory halfway through. ``model`` may be replaced (or set to None) between calls."""
+    ``max_len``, so the cache holds at most ``max_rows`` rows (slots); a call with more rows queues them, group
+    by group, and each group takes the slots that finished rows free (continuous batching). A group larger than
+    the cache is an error, never an out-of-memory halfway through. ``model`` may be replaced (or set to None)
+    between calls. ``steps`` records the rows of every decode step of the last call (slot occupancy)."""
 
     def __init__(self, model: Qwen3, max_len: int, kv_budget: int | None = None):
         self.model, self.max_len, self.kv_budget = model, max_len, kv_budget
@@ -177,6 +181,7 @@ class Engine:
             raise ValueError(f"a KV budget of {kv_budget / 1e9:.3f} GB holds no row of {max_len} tokens "
                              f"({self.row_bytes / 1e9:.3f} GB each)")
         self.cache: KVCache | None = None
+        self.steps: list[int] = []
 
     @property
     def max_rows(self) -> int | None:
@@ -185,14 +190,21 @@ class Engine:
 
     @torch.no_grad()
     def run(self, prompts: Sequence[Sequence[int]], params: SamplingParams, on_turn_end: TurnHandler | None = None,
-            group_size: int = 1, seed: int | None = None) -> list[Row]:
+            group_size: int = 1, seed: int | None = None, slots: int | None = None) -> list[Row]:
         """Generate for ``prompts`` x ``group_size`` rows (row p * group_size + g is sample g of prompt p).
 
-        Without ``on_turn_end`` every row finishes at its first stop (plain generation).
+        Without ``on_turn_end`` every row finishes at its first stop (plain generation). ``slots``: rows the cache
+        holds (default: every row, or ``max_rows`` under the budget); fewer slots than rows queue the prompts.
         """
-        if self.max_rows is not None and len(prompts) * group_size > self.max_rows:
-            raise ValueError(f"{len(prompts)} prompts x {group_size} rows exceed the KV budget of "
-                             f"{self.kv_budget / 1e9:.3f} GB ({self.max_rows} rows of {self.max_len} tokens)")
+        total = len(prompts) * group_size
+        limit = total if self.max_rows is None else self.max_rows
+        slots = min(total, slots or limit)
+        budget = "" if self.max_rows is None else \
+            f"the KV budget of {self.kv_budget / 1e9:.3f} GB holds {self.max_rows} rows of {self.max_len} tokens"
+        if slots > limit:
+            raise ValueError(f"{slots} slots: {budget}")
+        if slots < group_size:
+            raise ValueError(f"a group of {group_size} rows does not fit in {slots} slots" + (budget and f" ({budget})"))
         too_long = [i for i, p in enumerate(prompts) if not 0 < len(p) < self.max_len]
         if too_long:
             raise ValueError(f"prompt(s) {too_long[:5]} are empty or do not fit max_len={self.max_len} "
@@ -200,19 +212,23 @@ class Engine:
         generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
         rows = [Row(list(p), [0] * len(p), [0.0] * len(p), len(p), len(p)) for p in prompts for _ in range(group_size)]
         try:
-            self._loop(rows, prompts, params, on_turn_end, group_size, generator)
+            self._loop(rows, prompts, params, on_turn_end, group_size, generator, slots)
         finally:
             self.cache = None  # the cache lives for one call only
         return rows
 
-    def _loop(self, rows, prompts, params, on_turn_end, group_size, generator) -> None:
-        logits = self.prefill(prompts, rows=len(rows))
-        if group_size > 1:  # prefix sharing: one prefill, G copies of its cache and next-token logits
-            shared = [p for p in range(len(prompts)) for _ in range(group_size)]
-            self.keep(shared)
-            logits = logits.index_select(0, torch.tensor(shared, device=self.device))
-        active = list(range(len(rows)))  # active[i] = index in rows of cache row i
-        while active:
+    def _loop(self, rows, prompts, params, on_turn_end, group_size, generator, slots: int) -> None:
+        self.start(slots)
+        queue = deque(range(len(prompts)))
+        active: list[int] = []  # active[i] = index in rows of cache row i
+        logits = torch.empty(0, self.model.config.vocab_size, device=self.device)
+        self.steps = []
+        while active or queue:
+            admitted = [queue.popleft() for _ in range(min(len(queue), (slots - len(active)) // group_size))]
+            if admitted:  # whole groups, into the slots finished rows freed (all of them on the first step)
+                logits = torch.cat([logits, self.admit([prompts[p] for p in admitted], group_size)])
+                active += [p * group_size + g for p in admitted for g in range(group_size)]
+            self.steps.append(len(active))
             tokens, logprobs = sample(logits, params, generator)
             pending = [self._advance(rows, r, t, lp, params, on_turn_end)
                        for r, t, lp in zip(active, tokens.tolist(), logprobs.tolist())]
@@ -268,20 +284,38 @@ class Engine:
         self.cache.move_rows(index)
         self.lens = self.lens[torch.tensor(index, dtype=torch.long, device=self.device)]
 
+    def start(self, slots: int) -> None:
+        """A fresh, empty cache of ``slots`` rows (the previous call's goes first)."""
+        self.cache = None
+        self.cache = KVCache(self.model, slots, self.max_len)
+        self.lens = torch.zeros(0, dtype=torch.long, device=self.device)  # tokens cached per used row
+
+    def admit(self, prompts: Sequence[Sequence[int]], group_size: int = 1) -> torch.Tensor:
+        """Prompts into the rows after the used ones, each prefilled once and its row repeated ``group_size``
+        times (prefix sharing); the next-token logits of every new row, [P * group_size, V]."""
+        used = len(self.lens)
+        logits = self.append(prompts)
+        if group_size > 1:
+            self.keep(list(range(used)) + [used + p for p in range(len(prompts)) for _ in range(group_size)])
+            logits = logits.repeat_interleave(group_size, dim=0)
+        return logits
+
     def prefill(self, prompts: Sequence[Sequence[int]], rows: int | None = None) -> torch.Tensor:
         """Start a fresh cache of ``rows`` rows (default one per prompt) with prompt i in row i; return the
-        next-token logits [P, V] after each prompt.
+        next-token logits [P, V] after each prompt."""
+        self.start(rows or len(prompts))
+        return self.append(prompts)
 
-        Prompts are encoded in length-sorted groups of at most PREFILL_TOKEN_BUDGET padded tokens
-        (``token_budget_groups``), so short prompts are not padded to the longest one.
-        """
-        self.cache = None  # the previous call's cache goes before the next one is allocated
-        self.cache = KVCache(self.model, rows or len(prompts), self.max_len)
-        self.lens = torch.zeros(len(prompts), dtype=torch.long, device=self.device)  # tokens cached per row
+    def append(self, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Prompt i into row used + i; the next-token logits [P, V] after each. Prompts are encoded in
+        length-sorted groups of at most PREFILL_TOKEN_BUDGET padded tokens (``token_budget_groups``), so short
+        prompts are not padded to the longest one."""
+        used = len(self.lens)
+        self.lens = torch.cat([self.lens, self.lens.new_zeros(len(prompts))])
         logits = torch.empty(len(prompts), self.model.config.vocab_size, device=self.device)
         for group in token_budget_groups([len(p) for p in prompts]):
             logits[torch.tensor(group, device=self.device)] = self._forward(
-                torch.tensor(group, device=self.device), [list(prompts[i]) for i in group]).float()
+                torch.tensor([used + i for i in group], device=self.device), [list(prompts[i]) for i in group]).float()
         return logits
 
     def feed(self, pending: list[list[int]]) -> torch.Tensor:
@@ -290,7 +324,7 @@ class Engine:
         forwards, in length-sorted groups of at most PREFILL_TOKEN_BUDGET padded tokens (as prefill)."""
         chunk = [i for i, ids in enumerate(pending) if len(ids) > 1]
         if not chunk:
-            return self._forward(None, pending)
+            return self._forward(None, pending).float()
         single = [i for i, ids in enumerate(pending) if len(ids) == 1]
         groups = token_budget_groups([len(pending[i]) for i in chunk])
         logits = torch.empty(len(pending), self.model.config.vocab_size, device=self.device)

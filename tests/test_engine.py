@@ -198,7 +198,8 @@ def test_top_k_one_sampling_is_greedy(model):
 def test_the_kv_cache_stays_within_its_byte_budget_through_sharing_and_compaction(model, monkeypatch):
     """One cache per call, allocated once at the context limit and never reallocated: its bytes are within the
     budget, and prefix sharing and compaction move rows in place (they allocate less than one row's worth).
-    A call with more rows than the budget holds is refused before anything is allocated."""
+    A call with more rows than the budget holds queues them in the same slots; a group larger than the cache is
+    refused before anything is allocated."""
     from agenticrec.engine import KVCache, kv_bytes_per_token
     from agenticrec.memtrace import allocation_peak
 
@@ -230,6 +231,33 @@ def test_the_kv_cache_stays_within_its_byte_budget_through_sharing_and_compactio
     assert moves[0][0] == [0, 0, 1, 1, 2, 2] and len(moves) >= 3  # prefix sharing, then compactions
     assert all(allocated < row_bytes for _, allocated in moves), moves
     assert engine.cache is None  # freed when the call returns
-    with pytest.raises(ValueError, match="exceed the KV budget"):
-        engine.run(random_prompts([4] * 4), SamplingParams(max_new_tokens=2), group_size=2)
-    assert len(caches) == 1
+    # more rows than the budget holds: the same 6 slots, the fourth group queued until a group's slots free up
+    queued = engine.run(random_prompts([4] * 4), SamplingParams(max_new_tokens=2), group_size=2)
+    assert [len(r.new_ids) for r in queued] == [2] * 8 and engine.steps == [6, 6, 2, 2]
+    assert [c.nbytes for c, _, _ in caches] == [6 * row_bytes] * 2
+    with pytest.raises(ValueError, match=r"a group of 7 rows does not fit in 6 slots \(the KV budget of .* holds 6"):
+        engine.run(random_prompts([4]), SamplingParams(max_new_tokens=2), group_size=7)
+    assert len(caches) == 2
+
+
+def test_continuous_batching_gives_the_same_greedy_rows_and_keeps_the_slots_full(model):
+    """Four groups of 3 through 6 slots: the first two groups start, and each later group takes the slots of a
+    finished one. Every row (ids, masks, log-probs, turns, finish reasons) equals the run that holds all 12 rows
+    at once, with forced multi-token chunks and rows that finish at very different times."""
+    prompts = random_prompts([9, 25, 4, 14], seed=3)
+    turns = {r: [[11] * (3 + r)] * (r % 4) for r in range(12)}  # 0-3 forced chunks: ragged finishes
+
+    def run(slots):
+        pending = {r: list(chunks) for r, chunks in turns.items()}
+        engine = Engine(model, max_len=160)
+        rows = engine.run(prompts, SamplingParams(max_new_tokens=6), group_size=3, slots=slots,
+                          on_turn_end=lambda r, row: pending[r].pop() if pending[r] else None)
+        return rows, engine.steps
+
+    (alone, all_steps), (queued, steps) = run(None), run(6)
+    assert all_steps[0] == 12 and max(steps) == 6 and steps[0] == 6
+    last_admission = max(i for i in range(1, len(steps)) if steps[i] > steps[i - 1])
+    assert all(n > 6 - 3 for n in steps[:last_admission])  # while groups wait, fewer than a group's slots are free
+    for a, b in zip(alone, queued):
+        assert (a.ids, a.mask, a.turns, a.finish_reason) == (b.ids, b.mask, b.turns, b.finish_reason)
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
