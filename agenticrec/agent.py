@@ -132,7 +132,9 @@ class Rollout:
         self.end_tool_call = tuple(tokenizer.encode(END_TOOL_CALL, add_special_tokens=False))
         self.tool_names = toolbox.names if toolbox is not None and cfg.use_tools else set()
 
-    def run(self, instances: Sequence[Instance], group_size: int = 1, seed: int | None = None) -> list[Trajectory]:
+    def run(self, instances: Sequence[Instance], group_size: int = 1, seed: int | None = None,
+            slots: int | None = None) -> list[Trajectory]:
+        """One trajectory per instance and group member (``slots``: the engine's, continuous batching)."""
         start = time.perf_counter()
         prompts = [build_prompt(self.tokenizer, x, self.data, self.toolbox, self.cfg) for x in instances]
         trajectories = [Trajectory(x, g, [], [], [], len(prompts[g]))
@@ -146,7 +148,7 @@ class Rollout:
             t.turns, t.seconds = row.turns, time.perf_counter() - start
             return self._step(t, row, contexts[t.group])
 
-        rows = self.engine.run(prompts, params, on_turn_end, group_size=group_size, seed=seed)
+        rows = self.engine.run(prompts, params, on_turn_end, group_size=group_size, seed=seed, slots=slots)
         for t, row in zip(trajectories, rows):
             t.ids, t.mask, t.logprobs = row.ids, row.mask, row.logprobs
             if row.finish_reason == "context":

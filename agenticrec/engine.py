@@ -236,8 +236,7 @@ class Engine:
             if len(keep) < len(active):  # compact: finished rows stop costing compute
                 active, pending = [active[i] for i in keep], [pending[i] for i in keep]
                 self.keep(keep)
-            if active:
-                logits = self.feed(pending)
+            logits = self.feed(pending) if active else logits[:0]  # the logits of exactly the active rows
 
     def _advance(self, rows: list[Row], r: int, token: int, logprob: float, params: SamplingParams,
                  on_turn_end: TurnHandler | None) -> list[int]:

@@ -6,6 +6,15 @@ Qwen3-0.6B shape scaled down (real vocabulary, head_dim 128 != hidden / heads). 
 process (peak RSS is per process) after one warm-up call. Prints a markdown table and one JSON line.
 
     python benchmarks/generation.py [--batches 8 32] [--new-tokens 128] [--threads 2]
+
+``--rollouts``: the CPU preset's real agent workload (Games train instances, its two tools, G 8, sampled at its
+temperature) through a fixed number of cache slots, without continuous batching (calls of ``--slot-groups``
+groups, each running until its slowest row) and with it (one call; a finished group's slots take the next
+group): sampled tokens/s and mean slot occupancy, measured side by side in one process; and the greedy
+trajectories of both on ``--greedy`` instances, compared. Uses (or first builds, ~4 minutes) the preset's warm
+start under ``--run`` (the Quickstart's runs/grpo).
+
+    python benchmarks/generation.py --rollouts [--groups 64] [--slot-groups 8] [--greedy 200] [--run runs/grpo]
 """
 
 from __future__ import annotations
@@ -76,6 +85,69 @@ def hf_generate(model, prompts: list[list[int]], new_tokens: int) -> list[list[i
     return out[:, width:].tolist()
 
 
+def rollout_benchmark(run: Path, groups: int, slot_groups: int, greedy: int, threads: int, group_size: int = 8):
+    """Without and with continuous batching through slot_groups x group_size slots (see the module docstring)."""
+    import dataclasses
+    import statistics
+
+    import torch
+
+    from agenticrec import preset
+    from agenticrec.agent import Rollout
+    from agenticrec.data import load_dataset
+    from agenticrec.distributed import init_distributed
+    from agenticrec.engine import Engine
+    from agenticrec.trainer import TrainingConfig, agent_config, make_toolbox
+
+    torch.set_num_threads(threads)
+    data = load_dataset("games")
+    fields = {f.name for f in dataclasses.fields(TrainingConfig)}
+    cfg = TrainingConfig(**{k: v for k, v in preset.GRPO.items() if k in fields})
+    layer = preset.layer(run / "preset" / "warm_start")
+    toolbox = make_toolbox(data, cfg.tools, preset.toolbox_class(layer))
+    model, tokenizer = preset.preset_policy(data, toolbox, agent_config(cfg), 0, init_distributed("cpu"), run)
+    rollout = Rollout(Engine(model, cfg.max_context), tokenizer, preset.prompt_data(data, layer), toolbox,
+                      agent_config(cfg))
+    instances, slots = data.fixed_instances("train")[:groups], slot_groups * group_size
+
+    def timed(calls) -> dict:
+        start, trajectories, steps = time.perf_counter(), [], []
+        for chunk, call_slots in calls:
+            trajectories += rollout.run(chunk, group_size, seed=0, slots=call_slots)
+            steps += rollout.engine.steps
+        seconds = time.perf_counter() - start
+        sampled = sum(sum(t.mask) for t in trajectories)
+        return dict(seconds=seconds, sampled_tokens=sampled, tokens_per_s=sampled / seconds, decode_steps=len(steps),
+                    occupancy=statistics.mean(steps) / slots, trajectories=trajectories)
+
+    batched = [(instances[c:c + slot_groups], None) for c in range(0, groups, slot_groups)]
+    without, with_cb = timed(batched), timed([(instances, slots)])
+    rollout.cfg = dataclasses.replace(rollout.cfg, temperature=0.0)  # greedy: the same trajectories either way
+    probe = data.fixed_instances("valid")[:greedy]
+    alone = rollout.run(probe, slots=None)
+    queued = rollout.run(probe, slots=slot_groups * group_size)
+    same = sum((a.ids, a.mask, a.reward) == (b.ids, b.mask, b.reward) for a, b in zip(alone, queued))
+    for r in (without, with_cb):
+        r.pop("trajectories")
+    return dict(groups=groups, group_size=group_size, slots=slots, without=without, continuous=with_cb,
+                speedup=with_cb["tokens_per_s"] / without["tokens_per_s"], greedy_instances=len(probe),
+                greedy_same=same)
+
+
+def print_rollouts(result: dict) -> None:
+    print(f"preset agent workload: {result['groups']} groups x G {result['group_size']}, {result['slots']} slots")
+    print("| batching | sampled tokens | decode steps | seconds | sampled tok/s | mean slot occupancy |")
+    print("|---|---|---|---|---|---|")
+    for name, key in (("calls of a few groups (each to its slowest row)", "without"),
+                      ("continuous (freed slots take the next group)", "continuous")):
+        r = result[key]
+        print(f"| {name} | {r['sampled_tokens']} | {r['decode_steps']} | {r['seconds']:.1f} | "
+              f"{r['tokens_per_s']:.1f} | {r['occupancy']:.2f} |")
+    print(f"speed-up {result['speedup']:.2f}x; greedy trajectories identical with and without continuous batching: "
+          f"{result['greedy_same']} / {result['greedy_instances']}")
+    print(json.dumps(result))
+
+
 def measure(impl, folder, batch, new_tokens, threads) -> dict:
     cmd = [sys.executable, __file__, "--worker", impl, folder, str(batch), str(new_tokens), str(threads)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
@@ -88,8 +160,16 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128, help="greedy tokens per row")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per measurement")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS), help="model configs")
+    parser.add_argument("--rollouts", action="store_true", help="continuous batching on the preset's agent workload")
+    parser.add_argument("--groups", type=int, default=64, help="--rollouts: groups of 8 rolled out")
+    parser.add_argument("--slot-groups", type=int, default=8, help="--rollouts: cache slots, in groups")
+    parser.add_argument("--greedy", type=int, default=200, help="--rollouts: instances compared greedily")
+    parser.add_argument("--run", type=Path, default=Path("runs/grpo"), help="--rollouts: where the warm start is")
     parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rollouts:
+        print_rollouts(rollout_benchmark(args.run, args.groups, args.slot_groups, args.greedy, args.threads))
+        return
     if args.worker:
         impl, folder, batch, new_tokens, threads = args.worker
         print(json.dumps(worker(impl, folder, int(batch), int(new_tokens), int(threads))))

@@ -240,24 +240,27 @@ def test_the_kv_cache_stays_within_its_byte_budget_through_sharing_and_compactio
     assert len(caches) == 2
 
 
-def test_continuous_batching_gives_the_same_greedy_rows_and_keeps_the_slots_full(model):
-    """Four groups of 3 through 6 slots: the first two groups start, and each later group takes the slots of a
-    finished one. Every row (ids, masks, log-probs, turns, finish reasons) equals the run that holds all 12 rows
-    at once, with forced multi-token chunks and rows that finish at very different times."""
+@pytest.mark.parametrize("group_size, slots, forced", [(3, 6, True), (1, 3, False)])
+def test_continuous_batching_gives_the_same_greedy_rows_and_keeps_the_slots_full(model, group_size, slots, forced):
+    """Four groups through fewer slots than rows: the first groups start, and each later group takes the slots of
+    finished ones. Every row (ids, masks, log-probs, turns, finish reasons) equals the run that holds all rows at
+    once: with forced multi-token chunks and rows that finish at very different times, and (no chunks) with all
+    running rows finishing in the same step."""
     prompts = random_prompts([9, 25, 4, 14], seed=3)
-    turns = {r: [[11] * (3 + r)] * (r % 4) for r in range(12)}  # 0-3 forced chunks: ragged finishes
+    turns = {r: [[11] * (3 + r)] * (r % 4 if forced else 0) for r in range(4 * group_size)}
 
     def run(slots):
         pending = {r: list(chunks) for r, chunks in turns.items()}
         engine = Engine(model, max_len=160)
-        rows = engine.run(prompts, SamplingParams(max_new_tokens=6), group_size=3, slots=slots,
+        rows = engine.run(prompts, SamplingParams(max_new_tokens=6), group_size=group_size, slots=slots,
                           on_turn_end=lambda r, row: pending[r].pop() if pending[r] else None)
         return rows, engine.steps
 
-    (alone, all_steps), (queued, steps) = run(None), run(6)
-    assert all_steps[0] == 12 and max(steps) == 6 and steps[0] == 6
-    last_admission = max(i for i in range(1, len(steps)) if steps[i] > steps[i - 1])
-    assert all(n > 6 - 3 for n in steps[:last_admission])  # while groups wait, fewer than a group's slots are free
+    (alone, all_steps), (queued, steps) = run(None), run(slots)
+    assert all_steps[0] == 4 * group_size and max(steps) == slots == steps[0]
     for a, b in zip(alone, queued):
         assert (a.ids, a.mask, a.turns, a.finish_reason) == (b.ids, b.mask, b.turns, b.finish_reason)
         assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
+    if forced:  # while groups wait, fewer than a group's slots are ever free
+        last_admission = max(i for i in range(1, len(steps)) if steps[i] > steps[i - 1])
+        assert all(n > slots - group_size for n in steps[:last_admission])
