@@ -4,10 +4,12 @@
 
 A Qwen3-4B-shaped model with random bf16 weights. For each attention setting (cuDNN SDPA off, which mimics
 A100 / A800 where PyTorch does not prefer it, then PyTorch's default), it prints:
-- a decode call (32 rows, 3,000 cached tokens each, ``Engine.feed``): the SDPA backends that accept its masked,
-  grouped-query attention call (and PyTorch's choice), ms per decode step, ``max_memory_allocated``;
-- the update's continuation pass (``policy.group_logprobs``, G 8, prompt 1,050, continuations of 1,000 / 2,000 /
-  3,000 tokens, activation checkpointing, forward + backward): the same three figures;
+- decode calls (32 rows, about 3,000 cached tokens each, ``Engine.feed``), at ragged lengths (GQA folded over a
+  valid-slot mask, ``Attention.folded_decode``) and at equal lengths (the lower-right causal bias): the SDPA
+  backends that accept the attention call (and PyTorch's choice), ms per decode step, ``max_memory_allocated``;
+- the update's continuation pass (``policy.group_logprobs``, G 8, prompt 1,050, continuations of 1,000 / 3,000 /
+  5,000 tokens, activation checkpointing, forward + backward; the lower-right causal bias): the same three
+  figures. No call may end on the MATH backend: it materialises the [G, H, Lc, P + Lc] scores;
 and the dtype of the rollout copy ``distributed.refresh_rollout_copy`` builds from fp32 master weights computing
 in bf16. Memory is reset between measurements; an out-of-memory is reported, not raised.
 """
@@ -44,9 +46,17 @@ class RecordedCall:
         return self.real(q, k, v, attn_mask=attn_mask, **kw)
 
     def backends(self) -> str:
-        """Which backends run the recorded call alone, and PyTorch's choice among them."""
+        """Which backends run the recorded call alone, and PyTorch's choice among them (for the lower-right causal
+        bias, the choice its own dispatch makes: flash, else memory-efficient, else a materialised mask)."""
         from torch.nn.attention import SDPBackend, sdpa_kernel
+        from torch.nn.attention.bias import CausalBias
         q, k, v, mask, kw = self.args
+        if isinstance(mask, CausalBias):
+            from torch.backends.cuda import SDPAParams, can_use_efficient_attention, can_use_flash_attention
+            params = SDPAParams(q, k, v, None, 0.0, False, kw.get("enable_gqa", False))
+            chosen = "FLASH_ATTENTION" if can_use_flash_attention(params) else \
+                "EFFICIENT_ATTENTION" if can_use_efficient_attention(params) else "a materialised mask (MATH or other)"
+            return f"lower-right causal bias [{tuple(q.shape)} over {k.shape[2]} slots]; chosen {chosen}"
         accepted = []
         for name in BACKENDS:
             try:
@@ -55,8 +65,9 @@ class RecordedCall:
                 accepted.append(name)
             except RuntimeError:
                 pass
-        chosen = torch._fused_sdp_choice(q, k, v, mask, 0.0, False, None, kw.get("enable_gqa", False))
-        return f"accepted {accepted}; chosen {SDPBackend(chosen).name}"
+        chosen = torch._fused_sdp_choice(q, k, v, mask, 0.0, False, scale=None, enable_gqa=kw.get("enable_gqa", False))
+        return f"[{tuple(q.shape)} over {k.shape[2]} slots, mask {tuple(mask.shape)}] accepted {accepted}; chosen " \
+            f"{SDPBackend(chosen).name}"
 
 
 def measure(fn, steps: int) -> tuple[float, float]:
@@ -71,12 +82,14 @@ def measure(fn, steps: int) -> tuple[float, float]:
     return 1000 * (time.perf_counter() - start) / steps, torch.cuda.max_memory_allocated() / 1e9
 
 
-def decode_check(model, recorder: RecordedCall) -> str:
+def decode_check(model, recorder: RecordedCall, ragged: bool) -> str:
     engine, g = Engine(model, max_len=3100), torch.Generator().manual_seed(0)
-    prompts = [torch.randint(0, 1000, (3000,), generator=g).tolist() for _ in range(32)]
-    engine.prefill(prompts)
+    lengths = [2900 + 3 * i if ragged else 3000 for i in range(32)]
+    engine.prefill([torch.randint(0, 1000, (n,), generator=g).tolist() for n in lengths])
+    engine.feed([[5]] * 32)  # the decode step's own call (prefill's is plain causal: no mask recorded)
     ms, peak = measure(lambda: engine.feed([[5]] * 32), steps=20)
-    return f"decode B 32 S 3,000: {recorder.backends()}; {ms:.1f} ms/step; max allocated {peak:.1f} GB"
+    return f"decode B 32 S ~3,000 ({'ragged' if ragged else 'equal'} lengths): {recorder.backends()}; " \
+        f"{ms:.1f} ms/step; max allocated {peak:.1f} GB"
 
 
 def continuation_check(model, recorder: RecordedCall, Lc: int) -> str:
@@ -124,9 +137,10 @@ def main() -> None:
         torch.backends.cuda.enable_cudnn_sdp(cudnn)
         print(f"\n## cuDNN SDPA {'on (default)' if cudnn else 'off (as on A100 / A800)'}", flush=True)
         with torch.no_grad():
-            print(decode_check(model.eval(), recorder), flush=True)
+            for ragged in (True, False):
+                print(decode_check(model.eval(), recorder, ragged), flush=True)
         model.train().activation_checkpointing = True
-        for Lc in (1000, 2000, 3000):
+        for Lc in (1000, 3000, 5000):
             print(continuation_check(model, recorder, Lc), flush=True)
 
 
