@@ -92,7 +92,9 @@ class TrainingConfig:
         0.0, "GB of KV cache one engine call may take; it sets how many rows each call holds (rows are allocated at "
              f"--max-context). 0 = auto: on GPU {KV_FREE_FRACTION:g} x the memory free once the model, its "
              f"rollout copy, the reference and the optimiser states are counted; on CPU {CPU_KV_BUDGET_GB:g} GB")
-    rollout_groups: int = option(0, "at most this many groups per rollout call; 0 = as many as --kv-budget holds")
+    rollout_groups: int = option(
+        0, "at most this many groups in flight in a rollout call (the rest wait for their slots); 0 = as many as "
+           "--kv-budget holds")
     eval_instances: int = option(1000, "valid instances per evaluation (greedy)")
     eval_chunk: int = option(0, "at most this many instances per evaluation / mining call; 0 = as --kv-budget holds")
     checkpoint_every: int = option(50, "steps between checkpoints")
@@ -254,7 +256,7 @@ class Sampling:
     drop_all_negative: bool  # drop groups whose rewards are all negative
     drop_all_equal: bool  # drop groups with zero reward variance
     refill_rounds: int  # extra rollout rounds to refill dropped groups
-    rollout_groups: int  # at most this many groups per engine call; 0 = as many as the KV budget holds
+    rollout_groups: int  # at most this many groups in flight in an engine call; 0 = as many as the KV budget holds
     seed: int
 
     @classmethod
@@ -283,12 +285,11 @@ def collect_groups(rollout: Rollout, stream: DataStream, sampling: Sampling, ste
     kept, dropped, all_trajectories = [], [], []
     for round_ in range(1 + sampling.refill_rounds):
         instances = stream.take(need - len(kept))
-        chunk = rows_per_call(rollout, sampling.rollout_groups, G)
-        trajectories = []
-        for c in range(0, len(instances), chunk):
-            key = f"{sampling.seed}-{step}-{info.rank}-{round_}-{c}"
-            seed = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
-            trajectories += rollout.run(instances[c:c + chunk], group_size=G, seed=seed)
+        key = f"{sampling.seed}-{step}-{info.rank}-{round_}-0"
+        seed = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
+        # one engine call: as many groups in flight as the KV budget holds, the rest queued (continuous batching)
+        slots = min(rows_per_call(rollout, sampling.rollout_groups, G), len(instances)) * G
+        trajectories = rollout.run(instances, group_size=G, seed=seed, slots=slots) if instances else []
         all_trajectories += trajectories
         groups = [trajectories[g * G:(g + 1) * G] for g in range(len(instances))]
         rewards = torch.tensor([[t.reward for t in group] for group in groups])

@@ -238,12 +238,13 @@ class ListStream:
 class FixedRewardRollout:
     """A rollout whose group rewards are fixed per instance (by its user name)."""
 
-    def __init__(self, rewards: dict[str, list[float]]):
-        self.rewards, self.calls = rewards, []
-        self.engine = SimpleNamespace(max_rows=None, max_len=64)  # no KV budget: the call sizes are not tested here
+    def __init__(self, rewards: dict[str, list[float]], max_rows: int | None = None):
+        self.rewards, self.calls, self.slots = rewards, [], []
+        self.engine = SimpleNamespace(max_rows=max_rows, max_len=64)
 
-    def run(self, instances, group_size, seed):
+    def run(self, instances, group_size, seed, slots=None):
         self.calls.append([x.user for x in instances])
+        self.slots.append(slots)
         out = []
         for x in instances:
             for r in self.rewards[x.user]:
@@ -257,9 +258,9 @@ REWARDS = {"mixed": [0.5, -0.5], "negative": [-1.0, -0.5], "equal": [0.3, 0.3], 
            "invalid": [-1.0, -1.0]}
 
 
-def collect(drop_all_equal: bool, refill_rounds: int = 1):
+def collect(drop_all_equal: bool, refill_rounds: int = 1, rollout: FixedRewardRollout | None = None):
     instances = [Instance(u, [1], 2, [2, 3], position=1) for u in ("mixed", "negative", "equal", "spread", "invalid")]
-    rollout = FixedRewardRollout(REWARDS)
+    rollout = rollout or FixedRewardRollout(REWARDS)
     sampling = Sampling(groups_per_rank=3, group_size=2, drop_all_negative=True, drop_all_equal=drop_all_equal,
                         refill_rounds=refill_rounds, rollout_groups=0, seed=0)
     b = collect_groups(rollout, ListStream(instances), sampling, 0, SINGLE)
@@ -278,6 +279,14 @@ def test_dynamic_sampling_drops_equal_groups_when_asked_and_pads_what_it_cannot_
     assert calls == [["mixed", "negative", "equal"], ["spread", "invalid"]]
     assert users == ["mixed", "spread", "negative"] and weights == [1.0, 1.0, 0.0]  # padded with a dropped group
     assert (n, dropped, padded) == (10, 3, 1)
+
+
+def test_each_round_is_one_call_with_as_many_groups_in_flight_as_the_kv_budget_holds():
+    """5 rows fit the budget: groups of 2 -> 2 groups in flight (4 slots); the round's 3 groups in one call, the third
+    queued (continuous batching), and the refill round's single group in 2 slots."""
+    rollout = FixedRewardRollout(REWARDS, max_rows=5)
+    *_, calls = collect(drop_all_equal=False, rollout=rollout)
+    assert calls == [["mixed", "negative", "equal"], ["spread"]] and rollout.slots == [4, 2]
 
 
 def test_dynamic_sampling_without_refill_rounds_pads_at_once():
