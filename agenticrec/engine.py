@@ -79,8 +79,9 @@ def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
 
 
 class KVCache:
-    """Keys and values, [layers, rows, H_kv, S, D] each, allocated ONCE per engine call at the context limit:
-    slot j of a row holds position j. ``k[layer]`` is one layer's [rows, H_kv, S, D] view.
+    """Keys and values, one [rows, H_kv, S, D] tensor per layer each (``k[layer]``), allocated ONCE per engine
+    call at the context limit: slot j of a row holds position j. A tensor per layer, not views of one: under
+    ``torch.compile`` a write into a view of one big tensor becomes a copy of all of it.
 
     Nothing ever reallocates it: there is no growth (S = max_len from the start; the engine's byte budget sizes
     the calls so that this fits), and compaction and prefix sharing move rows inside the tensor (``move_rows``),
@@ -90,19 +91,19 @@ class KVCache:
 
     def __init__(self, model: Qwen3, rows: int, max_len: int):
         cfg, p = model.config, next(model.parameters())
-        shape = (cfg.num_hidden_layers, rows, cfg.num_key_value_heads, max_len, cfg.head_dim)
-        self.k = torch.zeros(shape, dtype=p.dtype, device=p.device)
-        self.v = torch.zeros_like(self.k)
+        shape = (rows, cfg.num_key_value_heads, max_len, cfg.head_dim)
+        self.k = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in range(cfg.num_hidden_layers)]
+        self.v = [torch.zeros_like(k) for k in self.k]
         self.rows: torch.Tensor | None = None
         self.filled = 0  # slots 0..filled-1 hold data in some row: what moving a row has to copy
 
     @property
     def capacity(self) -> int:
-        return self.k.shape[3]
+        return self.k[0].shape[2]
 
     @property
     def nbytes(self) -> int:
-        return self.k.nbytes + self.v.nbytes
+        return sum(t.nbytes for t in self.k + self.v)
 
     def move_rows(self, index: list[int]) -> None:
         """Row i becomes old row index[i], in place: dropping rows (every index[i] >= i, copied upwards in order)
@@ -116,8 +117,8 @@ class KVCache:
         used = slice(0, self.filled)
         for i in order:
             if index[i] != i:
-                self.k[:, i, :, used].copy_(self.k[:, index[i], :, used])
-                self.v[:, i, :, used].copy_(self.v[:, index[i], :, used])
+                for layer in self.k + self.v:
+                    layer[i, :, used].copy_(layer[index[i], :, used])
 
     def update(self, layer_idx: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
