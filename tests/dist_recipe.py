@@ -20,7 +20,7 @@ real_cache_init, real_finish = engine.KVCache.__init__, train_grpo.finish
 
 def recording_cache_init(self, model, rows, max_len):
     real_cache_init(self, model, rows, max_len)
-    seen["cache"] |= {str(self.k.dtype), str(self.v.dtype)}
+    seen["cache"] |= {str(t.dtype) for t in self.k + self.v}
     seen["rollout_model"] |= {str(p.dtype) for p in model.parameters()}
 
 
