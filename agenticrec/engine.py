@@ -29,6 +29,7 @@ import torch
 from agenticrec.model import Qwen3
 
 PREFILL_TOKEN_BUDGET = 4096  # padded tokens per prefill or forced-chunk forward: bounds activations and padding
+DECODE_MODES = ("dynamic", "static", "compiled")
 
 
 @dataclass(frozen=True)
@@ -171,10 +172,18 @@ class Engine:
     ``max_len``, so the cache holds at most ``max_rows`` rows (slots); a call with more rows queues them, group
     by group, and each group takes the slots that finished rows free (continuous batching). A group larger than
     the cache is an error, never an out-of-memory halfway through. ``model`` may be replaced (or set to None)
-    between calls. ``steps`` records the rows of every decode step of the last call (slot occupancy)."""
+    between calls. ``steps`` records the rows of every decode step of the last call (slot occupancy).
 
-    def __init__(self, model: Qwen3, max_len: int, kv_budget: int | None = None):
-        self.model, self.max_len, self.kv_budget = model, max_len, kv_budget
+    ``decode``: how a step that feeds one token per row runs. "dynamic": over the active rows and the used slots
+    (shapes follow the data). "static": over every slot of the cache and all its positions, each row masked to
+    its own length (``StaticDecode``): the same shapes at every step of a call. "compiled": that step under
+    ``torch.compile`` (CUDA graphs on GPU, inductor's C++ backend on CPU), compiled once per slot count."""
+
+    def __init__(self, model: Qwen3, max_len: int, kv_budget: int | None = None, decode: str = "dynamic"):
+        if decode not in DECODE_MODES:
+            raise ValueError(f"decode {decode!r}: expected one of {', '.join(DECODE_MODES)}")
+        self.model, self.max_len, self.kv_budget, self.decode = model, max_len, kv_budget, decode
+        self.static = StaticDecode(compiled=decode == "compiled") if decode != "dynamic" else None
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.row_bytes = max_len * kv_bytes_per_token(model.config, self.dtype)
@@ -323,6 +332,10 @@ class Engine:
         their last sampled token share one decode forward; rows that also feed forced ids go through further
         forwards, in length-sorted groups of at most PREFILL_TOKEN_BUDGET padded tokens (as prefill)."""
         chunk = [i for i, ids in enumerate(pending) if len(ids) > 1]
+        if not chunk and self.static is not None:
+            logits = self.static(self.model, self.cache, self.lens, [ids[0] for ids in pending])
+            self.lens += 1
+            return logits.float()
         if not chunk:
             return self._forward(None, pending).float()
         single = [i for i, ids in enumerate(pending) if len(ids) == 1]
@@ -351,6 +364,50 @@ class Engine:
         return logits
 
 
+class StaticDecode:
+    """One decode step at fixed shapes: every slot of the cache feeds a token (rows past the active ones feed a
+    dummy one into the last slot, which no real token uses) and attends over all ``max_len`` positions, masked
+    to its own length; no shape, and no Python branch, depends on the data, so ``torch.compile`` traces it once
+    per slot count (and on GPU replays it as a CUDA graph). It reads more than the dynamic step (all slots and
+    positions), which the compiled step must win back in per-step overhead."""
+
+    def __init__(self, compiled: bool):
+        self.step = self._step
+        if compiled:
+            mode = "reduce-overhead" if torch.cuda.is_available() else None  # CUDA graphs on GPU
+            self.step = torch.compile(self._step, mode=mode, fullgraph=True, dynamic=False)
+
+    def __call__(self, model: Qwen3, cache: KVCache, lens: torch.Tensor, tokens: list[int]) -> torch.Tensor:
+        """Next-token logits [A, V] of the A active rows (cache rows 0..A-1, ``lens`` tokens cached each)."""
+        slots, active = len(cache.k[0]), len(tokens)
+        ids = torch.zeros(slots, 1, dtype=torch.long, device=lens.device)
+        ids[:active, 0] = torch.tensor(tokens, device=lens.device)
+        positions = torch.full((slots, 1), cache.capacity - 1, dtype=torch.long, device=lens.device)
+        positions[:active, 0] = lens
+        cache.filled = max(cache.filled, int(lens.max()) + 1)
+        return self.step(model, ids, positions, cache.k, cache.v)[:active]
+
+    @staticmethod
+    def _step(model, ids, positions, k_layers, v_layers):
+        writer = SlotWriter(k_layers, v_layers)
+        return model(ids, positions, writer, last_index=torch.zeros_like(ids[:, 0]))
+
+
+class SlotWriter:
+    """The cache protocol of the fixed-shape step: write each row's token at its position, in place (one tensor
+    per layer: ``torch.compile`` turns writes into views of one big tensor into copies of it), and return every
+    slot; ``static_len`` tells attention to read them all, masked per row."""
+
+    def __init__(self, k_layers: list[torch.Tensor], v_layers: list[torch.Tensor]):
+        self.k, self.v, self.static_len = k_layers, v_layers, k_layers[0].shape[2]
+
+    def update(self, layer_idx, positions, k, v, kv_len):
+        rows = torch.arange(k.shape[0], device=k.device)[:, None]
+        self.k[layer_idx][rows, :, positions] = k.transpose(1, 2)
+        self.v[layer_idx][rows, :, positions] = v.transpose(1, 2)
+        return self.k[layer_idx], self.v[layer_idx]
+
+
 def token_budget_groups(lengths: list[int], budget: int | None = None) -> list[list[int]]:
     """Indices into ``lengths`` in length-sorted groups whose padded size (members x longest) is at most
     ``budget`` (default PREFILL_TOKEN_BUDGET; a longer single sequence forms its own group): what bounds one
@@ -368,8 +425,9 @@ def token_budget_groups(lengths: list[int], budget: int | None = None) -> list[l
 
 
 def generate(model: Qwen3, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0, top_k: int = 0,
-             top_p: float = 1.0, stop_token_ids: Sequence[int] = (), seed: int | None = None) -> list[list[int]]:
+             top_p: float = 1.0, stop_token_ids: Sequence[int] = (), seed: int | None = None,
+             decode: str = "dynamic") -> list[list[int]]:
     """The new tokens of each prompt (the stopping token included): one turn, no tools."""
     params = SamplingParams(temperature, top_k, top_p, max_new_tokens, tuple(stop_token_ids))
-    engine = Engine(model, max_len=max(len(p) for p in prompts) + max_new_tokens + 1)
+    engine = Engine(model, max_len=max(len(p) for p in prompts) + max_new_tokens + 1, decode=decode)
     return [row.new_ids for row in engine.run(prompts, params, seed=seed)]

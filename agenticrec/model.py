@@ -205,7 +205,8 @@ def attention_mask(positions: torch.Tensor, kv_len: int) -> torch.Tensor | Lower
 
 
 class KVCache(Protocol):
-    """What attention needs from a cache (``agenticrec.engine`` provides the preallocated implementation)."""
+    """What attention needs from a cache (``agenticrec.engine`` provides the preallocated implementation). A cache
+    may also carry ``static_len``: then attention reads all of its slots (``Qwen3.hidden_states``)."""
 
     def update(self, layer_idx: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -329,8 +330,9 @@ class Qwen3(nn.Module):
         positions [B, T]: absolute position of each token, consecutive within a row (default 0..T-1). With a
         ``kv_cache`` the tokens are written to the cache slots named by ``positions`` and attend to slots
         0..position, in the form ``attention_mask`` picks (plain causal when every row starts at 0, which lets
-        SDPA skip the masked half). Without a cache: causal attention over the T tokens (right padding is
-        harmless: it comes last).
+        SDPA skip the masked half). A cache with a ``static_len`` (the engine's fixed-shape decode step) is read
+        whole, every slot masked per row, so that no shape depends on the data. Without a cache: causal attention
+        over the T tokens (right padding is harmless: it comes last).
         """
         B, T = input_ids.shape
         if positions is None:
@@ -338,7 +340,10 @@ class Qwen3(nn.Module):
         x = self.model["embed_tokens"](input_ids)
         cos, sin = rotary_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
         mask, kv_len = None, T
-        if kv_cache is not None:
+        if getattr(kv_cache, "static_len", None) is not None:  # a fixed-shape step: every slot, masked per row
+            kv_len = kv_cache.static_len
+            mask = causal_mask(positions, kv_len)
+        elif kv_cache is not None:
             kv_len = int(positions.max()) + 1  # attend over the used prefix of the preallocated cache only
             mask = attention_mask(positions, kv_len)
         for layer in self.model["layers"]:

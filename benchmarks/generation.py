@@ -1,9 +1,12 @@
 """Generation speed: our KV-cached engine against ``transformers``' ``generate`` on the same random weights.
 
 Greedy decoding, 128 new tokens, prompt lengths drawn uniformly from 200-800 (ragged rows for ours, left padding
-and an attention mask for transformers), batch 8 and 32, for two configs: a ~6M-parameter model and the
-Qwen3-0.6B shape scaled down (real vocabulary, head_dim 128 != hidden / heads). Each measurement runs in its own
-process (peak RSS is per process) after one warm-up call. Prints a markdown table and one JSON line.
+and an attention mask for transformers), batch 8 and 32, for three configs: the CPU preset's model, a
+~6M-parameter model and the Qwen3-0.6B shape scaled down (real vocabulary, head_dim 128 != hidden / heads). Ours
+runs its three decode steps (``Engine(decode=...)``): dynamic (active rows, used slots), static (every slot and
+position, masked per row) eagerly, and that step compiled (``torch.compile``, inductor's C++ backend on CPU).
+Each measurement runs in its own process (peak RSS is per process) and times the second of two identical calls
+(the first compiles, for the compiled step). Prints a markdown table and one JSON line.
 
     python benchmarks/generation.py [--batches 8 32] [--new-tokens 128] [--threads 2]
 
@@ -28,6 +31,8 @@ import time
 from pathlib import Path
 
 CONFIGS = {
+    "preset": dict(vocab_size=4096, hidden_size=128, intermediate_size=384, num_hidden_layers=2,
+                   num_attention_heads=4, num_key_value_heads=2, head_dim=32),
     "small-6M": dict(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
                      num_attention_heads=4, num_key_value_heads=2, head_dim=64),
     "qwen3-0.6B-shape/7": dict(vocab_size=151936, hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
@@ -56,16 +61,17 @@ def worker(impl: str, folder: str, batch: int, new_tokens: int, threads: int) ->
     import torch
     torch.set_num_threads(threads)
     prompts = prompts_for(batch, json.loads((Path(folder) / "config.json").read_text())["vocab_size"])
-    if impl == "ours":
+    if impl.startswith("ours"):
         from agenticrec.engine import generate
         from agenticrec.model import load_pretrained
         model = load_pretrained(folder).eval()
-        run = lambda ps: generate(model, ps, new_tokens)  # noqa: E731
+        decode = impl.partition("-")[2] or "dynamic"
+        run = lambda ps: generate(model, ps, new_tokens, decode=decode)  # noqa: E731
     else:
         from transformers import Qwen3ForCausalLM
         model = Qwen3ForCausalLM.from_pretrained(folder).eval()
         run = lambda ps: hf_generate(model, ps, new_tokens)  # noqa: E731
-    run([p[:50] for p in prompts[:2]])
+    run(prompts)  # the same shapes as the timed call: the compiled step compiles here
     start = time.perf_counter()
     outputs = run(prompts)
     seconds = time.perf_counter() - start
@@ -175,21 +181,26 @@ def main() -> None:
         print(json.dumps(worker(impl, folder, int(batch), int(new_tokens), int(threads))))
         return
     rows = []
-    print("| config | batch | transformers tok/s | ours tok/s | ratio | same tokens | peak RSS theirs / ours |")
-    print("|---|---|---|---|---|---|---|")
+    print("| config | batch | transformers tok/s | ours dynamic | ours static (eager) | ours compiled | dynamic / "
+          "transformers | same tokens (dynamic, static, compiled) | peak RSS theirs / dynamic / compiled |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name in args.configs:
         with tempfile.TemporaryDirectory() as folder:
             write_model(name, Path(folder))
             for batch in args.batches:
                 theirs = measure("transformers", folder, batch, args.new_tokens, args.threads)
-                ours = measure("ours", folder, batch, args.new_tokens, args.threads)
-                same = sum(a == b for a, b in zip(theirs.pop("outputs"), ours.pop("outputs"))) / batch
-                ratio = ours["tokens_per_s"] / theirs["tokens_per_s"]
+                ours = {d: measure(f"ours-{d}", folder, batch, args.new_tokens, args.threads)
+                        for d in ("dynamic", "static", "compiled")}
+                reference = theirs.pop("outputs")
+                same = {d: sum(a == b for a, b in zip(reference, r.pop("outputs"))) / batch for d, r in ours.items()}
+                ratio = ours["dynamic"]["tokens_per_s"] / theirs["tokens_per_s"]
                 rows.append(dict(config=name, batch=batch, transformers=theirs, ours=ours, ratio=ratio,
                                  same_rows=same))
-                print(f"| {name} | {batch} | {theirs['tokens_per_s']:.1f} | {ours['tokens_per_s']:.1f} | "
-                      f"{ratio:.2f}x | {same:.0%} | {theirs['peak_rss'] / 2**20:.0f} / "
-                      f"{ours['peak_rss'] / 2**20:.0f} MiB |", flush=True)
+                print(f"| {name} | {batch} | {theirs['tokens_per_s']:.1f} | "
+                      + " | ".join(f"{ours[d]['tokens_per_s']:.1f}" for d in ours)
+                      + f" | {ratio:.2f}x | " + ", ".join(f"{v:.0%}" for v in same.values())
+                      + f" | {theirs['peak_rss'] / 2**20:.0f} / {ours['dynamic']['peak_rss'] / 2**20:.0f} / "
+                      f"{ours['compiled']['peak_rss'] / 2**20:.0f} MiB |", flush=True)
     print(json.dumps(rows))
 
 

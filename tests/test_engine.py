@@ -55,6 +55,22 @@ def test_greedy_matches_transformers_generate_on_ragged_batches(tmp_path_factory
         assert new == ref[0, len(prompt):].tolist()
 
 
+@pytest.mark.parametrize("decode", ["static", "compiled"])
+def test_fixed_shape_decode_eager_and_compiled_matches_transformers_generate(pair, decode):
+    """The fixed-shape step (every slot, every position, masked per row), eagerly and under torch.compile
+    (inductor's C++ backend here): the greedy tokens of transformers' generate, on ragged rows that stop at
+    different steps (so slots go idle while others decode)."""
+    ours, theirs = pair
+    prompts = random_prompts([9, 31, 4, 17, 12], seed=5)
+    eos = 3
+    got = generate(ours, prompts, max_new_tokens=20, stop_token_ids=[eos], decode=decode)
+    for prompt, new in zip(prompts, got):
+        ref = theirs.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                              max_new_tokens=20, do_sample=False, eos_token_id=eos, pad_token_id=0)
+        assert new == ref[0, len(prompt):].tolist()
+    assert got == generate(ours, prompts, max_new_tokens=20, stop_token_ids=[eos])  # and the dynamic step's
+
+
 def assert_cache_matches_recomputation(model, rows, logits):
     for ids, cached in zip(rows, logits):
         assert (cached.float() - next_logits(model, ids)).abs().max().item() <= 1e-5
@@ -241,8 +257,10 @@ def test_the_kv_cache_stays_within_its_byte_budget_through_sharing_and_compactio
     assert len(caches) == 2
 
 
-@pytest.mark.parametrize("group_size, slots, forced", [(3, 6, True), (1, 3, False)])
-def test_continuous_batching_gives_the_same_greedy_rows_and_keeps_the_slots_full(model, group_size, slots, forced):
+@pytest.mark.parametrize("group_size, slots, forced, decode", [(3, 6, True, "dynamic"), (1, 3, False, "dynamic"),
+                                                               (3, 6, True, "static")])
+def test_continuous_batching_gives_the_same_greedy_rows_and_keeps_the_slots_full(model, group_size, slots, forced,
+                                                                                 decode):
     """Four groups through fewer slots than rows: the first groups start, and each later group takes the slots of
     finished ones. Every row (ids, masks, log-probs, turns, finish reasons) equals the run that holds all rows at
     once: with forced multi-token chunks and rows that finish at very different times, and (no chunks) with all
@@ -252,7 +270,7 @@ def test_continuous_batching_gives_the_same_greedy_rows_and_keeps_the_slots_full
 
     def run(slots):
         pending = {r: list(chunks) for r, chunks in turns.items()}
-        engine = Engine(model, max_len=160)
+        engine = Engine(model, max_len=160, decode=decode if slots else "dynamic")
         rows = engine.run(prompts, SamplingParams(max_new_tokens=6), group_size=group_size, slots=slots,
                           on_turn_end=lambda r, row: pending[r].pop() if pending[r] else None)
         return rows, engine.steps
