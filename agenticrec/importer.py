@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from agenticrec.convert import clean_text, item_record, save
 from agenticrec.data import (DATA_ROOT, ITEM_FIELDS, DataError, Dataset, LineSkips, Sequence, global_time_cuts,
-                             json_records, open_text)
+                             json_records, load_dataset, open_text)
 
 log = logging.getLogger("agenticrec.importer")
 csv.field_size_limit(2**31 - 1)
@@ -455,8 +455,8 @@ def import_dataset(cfg: ImportConfig) -> Dataset:
         where = f"{cfg.item} has none (name its title column with --item-columns title=COLUMN)" if cfg.item else \
             "give an items table with --item"
         raise DataError(f"{cfg.name}: no item has a title, so no instance can be built: {where}")
-    split = _split(cfg, events)
-    timed = events[0].time is not None
+    timed = events[0].time is not None  # a time column was mapped (rows without a time were dropped)
+    split = _split(cfg, timed)
     factor, report["time_unit"] = to_ms([e.time for e in events], cfg.time_unit) if timed else (None, None)
     sequences = [_sequence(user, seq, ids, factor) for user, seq in users.items()]
     rated = any(s.ratings is not None for s in sequences)
@@ -477,8 +477,7 @@ def _sequence(user: str, seq: list[Interaction], ids: dict[str, int], ms_factor:
                     [e.rating for e in seq] if all(e.rating is not None for e in seq) else None)
 
 
-def _split(cfg: ImportConfig, events: list[Interaction]) -> str:
-    timed = events[0].time is not None
+def _split(cfg: ImportConfig, timed: bool) -> str:
     if cfg.split == "auto":
         return "global_time" if timed else "leave_one_out"
     if cfg.split == "global_time" and not timed:
@@ -603,5 +602,4 @@ def _run_import(args) -> None:
 
 
 def _run_export(args) -> None:
-    from agenticrec.data import load_dataset
     print("\n".join(map(str, export_atomic(load_dataset(args.name), args.out, args.users))))
