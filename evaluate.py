@@ -70,6 +70,7 @@ class Config:
     chunk: int = option(250, "at most this many instances per engine call")
     kv_budget: float = option(CPU_KV_BUDGET_GB, "GB of KV cache one engine call may take (rows are allocated at "
                                                 "--max-context): calls hold at most that many rows")
+    decode: str = option("dynamic", "the engine's decode step: dynamic | static | compiled (docs/engine.md)")
     show: int = option(0, "print this many complete trajectories of the first agent row")
     html: str = option("", "write those trajectories (at least 10) as one self-contained HTML page here")
     json: str = option("", "write every number here")
@@ -171,7 +172,7 @@ class Systems:
             raise SystemExit(f"error: --disable-tool names tools the agent does not have: {sorted(unknown)}")
         cfg = self.cfg
         agent_cfg = dataclasses.replace(agent_config(cfg, temperature=0.0), use_tools=use_tools)
-        engine = Engine(model, cfg.max_context, kv_budget=int(cfg.kv_budget * 1e9))
+        engine = Engine(model, cfg.max_context, kv_budget=int(cfg.kv_budget * 1e9), decode=cfg.decode)
         rollout = Rollout(engine, tokenizer, self.prompt_data, toolbox, agent_cfg)
         with tqdm(total=len(instances), desc=name, unit="request") as bar:
             trajectories, wall = run_agent(rollout, instances, rows_per_call(rollout, cfg.chunk), bar.update)

@@ -183,8 +183,9 @@ class Engine:
         if decode not in DECODE_MODES:
             raise ValueError(f"decode {decode!r}: expected one of {', '.join(DECODE_MODES)}")
         self.model, self.max_len, self.kv_budget, self.decode = model, max_len, kv_budget, decode
-        self.static = StaticDecode(compiled=decode == "compiled") if decode != "dynamic" else None
         self.device = next(model.parameters()).device
+        self.static = None if decode == "dynamic" else \
+            StaticDecode(compiled=decode == "compiled", graphed=self.device.type == "cuda")
         self.dtype = next(model.parameters()).dtype
         self.row_bytes = max_len * kv_bytes_per_token(model.config, self.dtype)
         if kv_budget is not None and kv_budget < self.row_bytes:
@@ -225,6 +226,8 @@ class Engine:
             self._loop(rows, prompts, params, on_turn_end, group_size, generator, slots)
         finally:
             self.cache = None  # the cache lives for one call only
+            if self.static is not None:
+                self.static.release()
         return rows
 
     def _loop(self, rows, prompts, params, on_turn_end, group_size, generator, slots: int) -> None:
@@ -368,14 +371,19 @@ class StaticDecode:
     """One decode step at fixed shapes: every slot of the cache feeds a token (rows past the active ones feed a
     dummy one into the last slot, which no real token uses) and attends over all ``max_len`` positions, masked
     to its own length; no shape, and no Python branch, depends on the data, so ``torch.compile`` traces it once
-    per slot count (and on GPU replays it as a CUDA graph). It reads more than the dynamic step (all slots and
-    positions), which the compiled step must win back in per-step overhead."""
+    per slot count. It reads more than the dynamic step (all slots and positions), which the fixed shapes must
+    win back in per-step overhead.
 
-    def __init__(self, compiled: bool):
-        self.step = self._step
-        if compiled:
-            mode = "reduce-overhead" if torch.cuda.is_available() else None  # CUDA graphs on GPU
-            self.step = torch.compile(self._step, mode=mode, fullgraph=True, dynamic=False)
+    On CUDA the step is captured as a CUDA graph once per engine call (``capture``: the call's cache is new, and
+    a graph replays fixed addresses) and replayed at every step: one launch instead of one per kernel. The graph
+    is ours, not ``torch.compile``'s ``reduce-overhead``: that mode skips graphs whose inputs are mutated (the
+    cache is) unless their addresses never change across calls, and a cache that lived across calls would hold
+    its memory through the update."""
+
+    def __init__(self, compiled: bool, graphed: bool = False):
+        self.step = torch.compile(self._step, fullgraph=True, dynamic=False) if compiled else self._step
+        self.graphed = graphed
+        self.graph: CapturedStep | None = None
 
     def __call__(self, model: Qwen3, cache: KVCache, lens: torch.Tensor, tokens: list[int]) -> torch.Tensor:
         """Next-token logits [A, V] of the A active rows (cache rows 0..A-1, ``lens`` tokens cached each)."""
@@ -385,12 +393,52 @@ class StaticDecode:
         positions = torch.full((slots, 1), cache.capacity - 1, dtype=torch.long, device=lens.device)
         positions[:active, 0] = lens
         cache.filled = max(cache.filled, int(lens.max()) + 1)
-        return self.step(model, ids, positions, cache.k, cache.v)[:active]
+        if not self.graphed:
+            return self.step(model, ids, positions, cache.k, cache.v)[:active]
+        if self.graph is None or self.graph.cache is not cache:
+            self.graph = self.capture(model, cache)
+        self.graph.ids.copy_(ids)
+        self.graph.positions.copy_(positions)
+        self.graph.graph.replay()
+        return self.graph.logits[:active].clone()  # the next replay overwrites the graph's output
+
+    def capture(self, model: Qwen3, cache: KVCache) -> CapturedStep:
+        """The step as a CUDA graph over ``cache`` and static input buffers. The warm-up runs (which compile,
+        and write into the cache) feed every slot a dummy token at the last position, which no real token uses."""
+        self.graph = None  # the previous call's graph (and the cache it holds) goes first
+        slots = len(cache.k[0])
+        ids = torch.zeros(slots, 1, dtype=torch.long, device=cache.k[0].device)
+        positions = torch.full_like(ids, cache.capacity - 1)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up outside the graph, on a side stream (as torch.cuda.graph asks)
+            for _ in range(2):
+                self.step(model, ids, positions, cache.k, cache.v)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            logits = self.step(model, ids, positions, cache.k, cache.v)
+        return CapturedStep(cache, graph, ids, positions, logits)
+
+    def release(self) -> None:
+        """Drop the captured graph, its memory pool and the cache it refers to (at the end of each call)."""
+        self.graph = None
 
     @staticmethod
     def _step(model, ids, positions, k_layers, v_layers):
         writer = SlotWriter(k_layers, v_layers)
         return model(ids, positions, writer, last_index=torch.zeros_like(ids[:, 0]))
+
+
+@dataclass
+class CapturedStep:
+    """A captured decode step: replaying ``graph`` reads ``ids`` / ``positions`` and writes ``logits``, all at
+    fixed addresses, and writes into ``cache``."""
+    cache: KVCache
+    graph: "torch.cuda.CUDAGraph"
+    ids: torch.Tensor
+    positions: torch.Tensor
+    logits: torch.Tensor
 
 
 class SlotWriter:

@@ -95,6 +95,8 @@ class TrainingConfig:
     rollout_groups: int = option(
         0, "at most this many groups in flight in a rollout call (the rest wait for their slots); 0 = as many as "
            "--kv-budget holds")
+    decode: str = option("dynamic", "the engine's decode step: dynamic | static (fixed shapes; a CUDA graph on GPU) | "
+                                    "compiled (static under torch.compile); see docs/engine.md")
     eval_instances: int = option(1000, "valid instances per evaluation (greedy)")
     eval_chunk: int = option(0, "at most this many instances per evaluation / mining call; 0 = as --kv-budget holds")
     checkpoint_every: int = option(50, "steps between checkpoints")
@@ -155,10 +157,10 @@ def make_rollout(model: torch.nn.Module, cfg, info: D.DistInfo, tokenizer, promp
     within ``kv_budget``'s bytes."""
     copy = D.refresh_rollout_copy(model, None, info)
     budget = kv_budget(cfg.kv_budget, model, info)
-    engine = Engine(copy, cfg.max_context, budget)
+    engine = Engine(copy, cfg.max_context, budget, decode=cfg.decode)
     if info.is_main:
-        log.info("rollouts in %s; KV budget %.2f GB per engine call: %d rows of %d tokens", engine.dtype,
-                 budget / 1e9, engine.max_rows, cfg.max_context)
+        log.info("rollouts in %s, %s decode step; KV budget %.2f GB per engine call: %d rows of %d tokens",
+                 engine.dtype, cfg.decode, budget / 1e9, engine.max_rows, cfg.max_context)
     return Rollout(engine, tokenizer, prompt_data, toolbox, agent_config(cfg))
 
 

@@ -10,6 +10,9 @@ A100 / A800 where PyTorch does not prefer it, then PyTorch's default), it prints
 - the update's continuation pass (``policy.group_logprobs``, G 8, prompt 1,050, continuations of 1,000 / 3,000 /
   5,000 tokens, activation checkpointing, forward + backward; the lower-right causal bias): the same three
   figures. No call may end on the MATH backend: it materialises the [G, H, Lc, P + Lc] scores;
+the decode step in the engine's three forms (``Engine(decode=...)``: dynamic eager, static as a CUDA graph, compiled
+as a CUDA graph), 32 rows of ~3,000 prompt tokens, 64 greedy tokens each: ms per decode step and how many rows
+give the dynamic step's tokens (bf16: the static step reads every slot, so a near-tie may break differently);
 and the dtype of the rollout copy ``distributed.refresh_rollout_copy`` builds from fp32 master weights computing
 in bf16. Memory is reset between measurements; an out-of-memory is reported, not raised.
 """
@@ -26,7 +29,7 @@ import torch.nn.functional as F
 
 from agenticrec import distributed as D
 from agenticrec import model as M
-from agenticrec.engine import Engine
+from agenticrec.engine import DECODE_MODES, Engine, SamplingParams
 from agenticrec.model import Qwen3, Qwen3Config
 from agenticrec.policy import group_logprobs
 
@@ -108,6 +111,28 @@ def continuation_check(model, recorder: RecordedCall, Lc: int) -> str:
     return f"continuation G 8 P 1,050 Lc {Lc:,}: {recorder.backends()}; {ms:.0f} ms fwd+bwd; max {peak:.1f} GB"
 
 
+def decode_modes_check(model) -> list[str]:
+    """ms per decode step of each decode mode: (time of 64 new tokens - time of 1) / 63, the prefill cancelled."""
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(0, 1000, (2900 + 3 * i,), generator=g).tolist() for i in range(32)]
+    lines, reference = [], None
+    for mode in DECODE_MODES:
+        engine = Engine(model, max_len=3100, decode=mode)
+        seconds = {}
+        for new in (1, 64, 64):  # the first run of 64 compiles (once per slot count); every call captures a graph
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            rows = engine.run(prompts, SamplingParams(max_new_tokens=new))
+            torch.cuda.synchronize()
+            seconds[new] = time.perf_counter() - start
+        tokens = [row.new_ids for row in rows]
+        reference = reference or tokens
+        same = sum(a == b for a, b in zip(tokens, reference))
+        lines.append(f"decode step {mode}: {1000 * (seconds[64] - seconds[1]) / 63:.1f} ms/step at B 32, S ~3,000; "
+                     f"{same}/32 rows give the dynamic step's 64 tokens")
+    return lines
+
+
 def rollout_copy_dtype(cfg: Qwen3Config) -> str:
     with torch.device("cuda"):
         master = Qwen3(cfg)  # fp32 master weights
@@ -131,7 +156,10 @@ def main() -> None:
     print(rollout_copy_dtype(cfg), flush=True)
     with torch.device("cuda"):
         model = Qwen3(cfg).to(torch.bfloat16)
-    recorder = RecordedCall()
+    with torch.no_grad():
+        for line in decode_modes_check(model.eval()):
+            print(line, flush=True)
+    recorder = RecordedCall()  # after the compiled step: torch.compile cannot trace a call that records its arguments
     M.F.scaled_dot_product_attention = recorder
     for cudnn in (False, True):
         torch.backends.cuda.enable_cudnn_sdp(cudnn)

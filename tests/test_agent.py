@@ -15,7 +15,7 @@ from agenticrec.data import Instance
 from agenticrec.engine import Engine
 from agenticrec.model import Qwen3, Qwen3Config
 from agenticrec.reward import RewardConfig
-from agenticrec.tokenizer import tool_call_text, tool_response_ids, train_bpe_tokenizer
+from agenticrec.tokenizer import IM_END, tool_call_text, tool_response_ids, train_bpe_tokenizer
 from agenticrec.tools import TOOLS, Toolbox, context_for
 from test_tools import FakeSASRec, tiny
 
@@ -155,3 +155,97 @@ def test_a_thousand_random_policy_rollouts_terminate_within_budget(box):
     assert sum(reasons.values()) == 1000 and all(t.reward in (-1.0, -0.5) or t.reward > 0 for t in trajectories)
     assert all(sum(t.mask) <= 16 * (len(t.tool_calls) + 1) for t in trajectories)
     print("invalid reasons over 1000 random-policy rollouts:", dict(reasons))
+
+
+class ContextReader(nn.Module):
+    """A stand-in policy that knows its context only through the KV cache. Every forward writes its tokens' ids
+    into the cache (as keys, +1 so that an empty slot reads as no token) and reads the row back; the next token
+    continues the one script whose prefix the row's cached context is (found by a hash of the whole context), and
+    is ``lost`` when no script matches. So a row ends as its script only if the cache held exactly its context at
+    every step: through prefix sharing, compaction, forced chunks and slots that earlier rows used."""
+
+    BASE, MOD = 131, (1 << 31) - 1
+
+    def __init__(self, scripts: list[list[int]], vocab_size: int, lost: int):
+        super().__init__()
+        self.config = Qwen3Config(vocab_size=vocab_size, hidden_size=1, intermediate_size=1, num_hidden_layers=1,
+                                  num_attention_heads=1, num_key_value_heads=1, head_dim=2)
+        self.anchor = nn.Parameter(torch.zeros(1))  # the engine reads dtype / device from a parameter
+        self.lost, self.next_token = lost, {}
+        for script in scripts:  # (prefix length, hash of the prefix) -> the token after it
+            h = 0
+            for p in range(len(script) - 1):
+                h = (h * self.BASE + script[p]) % self.MOD
+                self.next_token[p + 1, h] = script[p + 1]
+        powers = [1]
+        for _ in range(8192):
+            powers.append(powers[-1] * self.BASE % self.MOD)
+        self.powers = torch.tensor(powers)  # t * power < 2**49: a context's sum of products fits in int64
+
+    def forward(self, ids, positions, kv_cache, last_index):
+        stored = (ids.float()[:, None, :, None] + 1).expand(-1, 1, -1, 2)  # [B, 1, T, D]: exact in fp32
+        kv_len = getattr(kv_cache, "static_len", None) or int(positions.max()) + 1
+        keys, _ = kv_cache.update(0, positions, stored, stored, kv_len)
+        tokens = keys[:, 0, :, 0].long() - 1  # [B, S]
+        lengths = positions[torch.arange(len(ids)), last_index] + 1  # [B]
+        exponent = lengths[:, None] - 1 - torch.arange(tokens.shape[1])  # [B, S]: the hash of tokens[:length]
+        hashes = (tokens * self.powers[exponent.clamp(min=0)] * (exponent >= 0)).sum(1) % self.MOD
+        logits = torch.full((len(ids), self.config.vocab_size), -1e9)
+        for b, (length, h) in enumerate(zip(lengths.tolist(), hashes.tolist())):
+            logits[b, self.next_token.get((length, h), self.lost)] = 0.0
+        return logits
+
+
+class RandomSASRec:
+    """Seeded random item vectors (what the collaborative tools need from SASRec); a user is their history's mean."""
+
+    def __init__(self, n_items: int):
+        self.vectors = torch.randn(n_items, 8, generator=torch.Generator().manual_seed(0))
+
+    def item_embeddings(self):
+        return self.vectors
+
+    def user_embedding(self, histories):
+        return torch.stack([self.vectors[h].mean(0) for h in histories])
+
+
+@pytest.fixture(scope="module")
+def preset_scripts(tmp_path_factory):
+    """200 Games valid instances under the preset (its tokenizer, short titles, ordering lines) and each one's
+    scripted expert trajectory: one or two ranking tools, so lengths differ by hundreds of tokens."""
+    import random
+
+    from agenticrec import preset
+    from agenticrec.data import load_dataset
+    from agenticrec.warmstart import expert_trajectory
+
+    data = load_dataset("games")
+    tokenizer = preset.preset_tokenizer(data, tmp_path_factory.mktemp("tokenizer"), split_digits=False)
+    prompt_data = preset.prompt_data(data, {"title_chars": preset.TITLE_CHARS})
+    toolbox = preset.PresetToolbox(data, RandomSASRec(len(data.items)))
+    cfg = AgentConfig(temperature=0.0, max_turn_tokens=200, max_context=4096)
+    instances, rng = data.fixed_instances("valid")[:200], random.Random(0)
+    scripts = [expert_trajectory(tokenizer, prompt_data, toolbox, x, cfg, rng, second_call=0.3) for x in instances]
+    return tokenizer, prompt_data, toolbox, cfg, instances, scripts
+
+
+@pytest.mark.parametrize("decode", ["dynamic", "static"])
+def test_continuous_batching_keeps_200_preset_trajectories_exactly(preset_scripts, decode):
+    """Each of 200 preset instances' rows follows its own expert script, greedy, in groups of 2: chunked calls of
+    50 instances as the evaluation makes them, and one call through 48 slots whose freed slots take the queued
+    groups. Both give every row its script (ids and masks) and the same answers and rewards."""
+    tokenizer, prompt_data, toolbox, cfg, instances, scripts = preset_scripts
+    model = ContextReader([ids for ids, _ in scripts], len(tokenizer), lost=tokenizer.convert_tokens_to_ids(IM_END))
+
+    def rollout():
+        return Rollout(Engine(model, cfg.max_context, decode=decode), tokenizer, prompt_data, toolbox, cfg)
+
+    chunked = [t for c in range(0, 200, 50) for t in rollout().run(instances[c:c + 50], group_size=2)]
+    queued = rollout()
+    continuous = queued.run(instances, group_size=2, slots=48)
+    sampled = [sum(mask) for _, mask in scripts]
+    assert max(sampled) - min(sampled) > 20 and max(queued.engine.steps) == 48 and len(queued.engine.steps) > 300
+    for n, (chunk_t, cb_t) in enumerate(zip(chunked, continuous)):
+        ids, mask = scripts[n // 2]
+        assert (cb_t.ids, cb_t.mask) == (ids, mask) and (chunk_t.ids, chunk_t.mask) == (ids, mask), n
+        assert cb_t.invalid_reason is None and (cb_t.ranking, cb_t.reward) == (chunk_t.ranking, chunk_t.reward)

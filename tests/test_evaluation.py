@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import evaluate
-from agenticrec.agent import ToolCallRecord, Trajectory
+from agenticrec.engine import Engine
+from agenticrec.agent import Rollout, ToolCallRecord, Trajectory
 from agenticrec.data import Instance, build_instances, load_dataset, load_instances
 from agenticrec.evaluation import (METRICS, agent_statistics, metric_cis, render_html, render_text, scorer_ranks,
                                    segments, shortlist, shortlist_recall)
@@ -164,6 +165,26 @@ def test_evaluate_command_writes_every_field(policy, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| system | n | H@1 |" in printed and "--- answer:" in printed
     assert (tmp_path / "t.html").read_text().count("<h2>Trajectory") == 6
+
+
+def test_the_decode_flag_reaches_the_engine_and_keeps_every_trajectory(policy, monkeypatch):
+    """``--decode static`` (the fixed-shape step) gives the dynamic step's trajectories, token for token."""
+    engines, trajectories = [], []
+
+    class Recorded(Rollout):
+        def run(self, *args, **kwargs):
+            out = super().run(*args, **kwargs)
+            trajectories.append([t.ids for t in out])
+            return out
+
+    monkeypatch.setattr(evaluate, "Engine", lambda *a, **k: engines.append(Engine(*a, **k)) or engines[-1])
+    monkeypatch.setattr(evaluate, "Rollout", Recorded)
+    args = ["--checkpoint", str(policy), "--dataset", "beauty2023", "--limit", "6", "--tools", "get_user_profile",
+            "--max-turn-tokens", "24", "--max-context", "4096", "--chunk", "4", "--threads", "1"]
+    for mode in ("dynamic", "static"):
+        evaluate.main(args + ["--decode", mode])
+    assert [e.decode for e in engines] == ["dynamic", "static"]
+    assert [len(t) for t in trajectories] == [4, 2, 4, 2] and trajectories[2:] == trajectories[:2]
 
 
 def test_scaling_table_has_the_two_stage_row_with_its_recall(policy, tmp_path):

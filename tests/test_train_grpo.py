@@ -12,6 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 import train_grpo
+from agenticrec import trainer
+from agenticrec.engine import Engine
 from agenticrec.model import Qwen3, Qwen3Config, load_pretrained
 from grpo_fakes import (VOCAB, fake_collect_groups, run_worker, tiny_config, tiny_policy_folder, torchrun,
                         worker_weights)
@@ -169,8 +171,11 @@ def test_crash_while_checkpointing_keeps_the_previous_checkpoint(policy, tmp_pat
     assert steps[-3:] == [3, 4, 4]
 
 
-def test_real_rollouts_run_end_to_end(policy, tmp_path):
-    train_grpo.main(["--model", str(policy), *SMALL, "--steps", "2", "--out", str(tmp_path)])
+def test_real_rollouts_run_end_to_end(policy, tmp_path, monkeypatch):
+    engines = []
+    monkeypatch.setattr(trainer, "Engine", lambda *a, **k: engines.append(Engine(*a, **k)) or engines[-1])
+    train_grpo.main(["--model", str(policy), *SMALL, "--steps", "2", "--out", str(tmp_path), "--decode", "static"])
+    assert [e.decode for e in engines] == ["static"]  # --decode reaches the rollout engine
     records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [0, 1, 2, 2]
     step = records[1]
