@@ -1,0 +1,183 @@
+"""The headroom a tool-using policy can find under the CPU preset: which evidence to act on, per user.
+
+    python benchmarks/tool_headroom.py [--dataset games] [--split valid] [--limit 2000]
+
+For each instance it calls the preset's three ranking tools as the agent would (``candidates_analyze``: popularity;
+``get_similar_users``: the similar users' taste; ``get_similar_items`` on the latest history item: its
+similarity) and ranks the target by each tool's ordering line copied verbatim; beside them the co-occurrence
+baseline (how often a candidate followed or preceded a history item in train sequences: evidence no preset tool
+shows) and SASRec. It prints, with 95 % bootstrap CIs:
+
+1. each order copied, and the per-instance oracles (instance by instance the best order: what a policy that always
+   picked the right evidence would score, knowing the answer);
+2. on the second half of the instances, selectors fitted on the first half, each against the best single order
+   there (paired CI of the difference): the best threshold rule on one feature the agent can read, a linear
+   selector over all of them (softmax over the orders, trained to maximise the expected NDCG@10 of the order it
+   picks), and the same two with co-occurrence as a fourth order whose signal is a feature.
+
+Features the agent can read: the history's length; whether the similar users picked a candidate; the top popularity
+count over the second; the top cosine of the latest item's similarity; where each tool's first candidate sits in
+the other tools' orders; how many candidates the three tools' top 3 share; for co-occurrence, the total, top and
+margin of its counts and how many candidates have any. Nothing here trains a language model; SASRec is loaded from
+its cache (trained on first use). ~1 minute on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import re
+
+import numpy as np
+import torch
+
+from agenticrec import baselines, preset
+from agenticrec.data import load_dataset
+from agenticrec.sasrec import load_or_train, score_candidates
+from agenticrec.stats import bootstrap_ci, paired_bootstrap
+from agenticrec.tools import context_for
+from agenticrec.warmstart import ordering_of
+
+TOOLS = {"popularity": ("candidates_analyze", lambda x: {}),
+         "similar users' taste": ("get_similar_users", lambda x: {}),
+         "latest item's similarity": ("get_similar_items", lambda x: {"item_title": f"h{len(x.history)}"})}
+COOCCURRENCE = "co-occurrence (baseline)"
+
+
+def ndcg10(ranks: np.ndarray) -> np.ndarray:
+    return np.where(ranks <= 10, 1.0 / np.log2(ranks + 1.0), 0.0)
+
+
+def hit1(ranks: np.ndarray) -> np.ndarray:
+    return (ranks == 1).astype(float)
+
+
+def tool_evidence(data, box, instances) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """{order: the target's 1-based rank per instance} for the three tools' ordering lines, and {feature: value per
+    instance} for what the agent reads in its prompt and the tools' observations."""
+    ranks = {name: [] for name in TOOLS}
+    features: dict[str, list] = {"history length": [], "similar users picked a candidate": [],
+                                 "top popularity / second": [], "top cosine": [], "top-3 shared by all": []}
+    for x in instances:
+        ctx, texts, orders = context_for(x, data), {}, {}
+        for name, (tool, arguments) in TOOLS.items():
+            texts[name] = box.call(tool, arguments(x), ctx).text
+            orders[name] = ordering_of(texts[name])
+            ranks[name].append(orders[name].index(x.candidates.index(x.target) + 1) + 1)
+        counts = [int(n) for n in re.search(r"most first: ([\d, ]+)", texts["popularity"]).group(1).split(", ")]
+        cosine = float(re.search(r"most similar first: (-?[\d.]+)", texts["latest item's similarity"]).group(1))
+        features["history length"].append(len(x.history))
+        features["similar users picked a candidate"].append(
+            float("Candidates among them: none" not in texts["similar users' taste"]))
+        features["top popularity / second"].append(counts[0] / max(counts[1], 1))
+        features["top cosine"].append(cosine)
+        features["top-3 shared by all"].append(len(set.intersection(*(set(o[:3]) for o in orders.values()))))
+        for a, b in itertools.permutations(TOOLS, 2):
+            features.setdefault(f"{a}'s first in {b}", []).append(orders[b].index(orders[a][0]))
+    return {k: np.array(v) for k, v in ranks.items()}, {k: np.array(v, dtype=float) for k, v in features.items()}
+
+
+def cooccurrence_evidence(data, instances) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The target's rank in the co-occurrence order, and the signal's features (log1p of total, top, margin, and
+    how many candidates have any)."""
+    neighbours = baselines.cooccurrence(data)
+    scores = [sorted(sum(neighbours[h][c] for h in x.history) for c in x.candidates) for x in instances]
+    features = {"co-occurrence total": [sum(s) for s in scores], "co-occurrence top": [s[-1] for s in scores],
+                "co-occurrence margin": [s[-1] - s[-2] for s in scores],
+                "candidates with co-occurrence": [sum(v > 0 for v in s) for s in scores]}
+    ranks = np.array(baselines.target_ranks(data, instances, baselines.cooccurrence_scorer(data)))
+    return ranks, {k: np.log1p(np.array(v, dtype=float)) for k, v in features.items()}
+
+
+def threshold_rule(ranks: dict[str, np.ndarray], features: dict[str, np.ndarray], fit: slice):
+    """The rule "order A if feature > t, else order B" with the best mean NDCG@10 on ``fit`` (t: midpoints of the
+    feature's distinct values there). Returns (its description, the rank it gives every instance)."""
+    best = (-1.0, "", None)
+    for feature, values in features.items():
+        distinct = np.unique(values[fit])
+        for t in (distinct[:-1] + distinct[1:]) / 2:
+            for a, b in itertools.permutations(ranks, 2):
+                chosen = np.where(values > t, ranks[a], ranks[b])
+                score = ndcg10(chosen[fit]).mean()
+                if score > best[0]:
+                    best = (score, f"{a} if {feature} > {t:.3g}, else {b}", chosen)
+    return best[1], best[2]
+
+
+def linear_selector(ranks: dict[str, np.ndarray], features: dict[str, np.ndarray], fit: slice,
+                    weight_decay: float = 1e-2) -> np.ndarray:
+    """Per instance the order a linear softmax policy over the standardised features picks (argmax), trained on
+    ``fit`` to maximise the expected NDCG@10 of its pick (a contextual bandit with full feedback)."""
+    x = np.column_stack(list(features.values()))
+    x = torch.tensor((x - x[fit].mean(0)) / (x[fit].std(0) + 1e-9), dtype=torch.float32)
+    gains = torch.tensor(np.column_stack([ndcg10(r) for r in ranks.values()]), dtype=torch.float32)
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(x.shape[1], gains.shape[1])
+    optimiser = torch.optim.Adam(layer.parameters(), lr=0.05, weight_decay=weight_decay)
+    for _ in range(500):
+        loss = -(layer(x[fit]).softmax(-1) * gains[fit]).sum(-1).mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    pick = layer(x).argmax(-1).numpy()
+    return np.column_stack(list(ranks.values()))[np.arange(len(pick)), pick]
+
+
+def cell(values: np.ndarray) -> str:
+    ci = bootstrap_ci(values)
+    return f"{ci['mean']:.3f} [{ci['lo']:.3f}, {ci['hi']:.3f}]"
+
+
+def table(rows: dict[str, np.ndarray], against: np.ndarray | None = None) -> None:
+    """H@1 and N@10 per row; with ``against``, the paired difference of N@10 and H@1 from it."""
+    extra = " | H@1 - best order | N@10 - best order" if against is not None else ""
+    print(f"| order | n | H@1 | N@10{extra} |\n|---|---|---|---{'|---|---' if extra else ''}|")
+    for name, r in rows.items():
+        line = f"| {name} | {len(r)} | {cell(hit1(r))} | {cell(ndcg10(r))}"
+        if against is not None:
+            diffs = [paired_bootstrap(m(against), m(r)) for m in (hit1, ndcg10)]
+            line += "".join(f" | {d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]" for d in diffs)
+        print(line + " |")
+    print()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="games")
+    parser.add_argument("--split", default="valid")
+    parser.add_argument("--limit", type=int, default=2000)
+    args = parser.parse_args()
+    data = load_dataset(args.dataset)
+    sasrec = load_or_train(data, data.fixed_instances("valid"))
+    instances = data.fixed_instances(args.split)[:args.limit]
+    ranks, features = tool_evidence(data, preset.PresetToolbox(data, sasrec), instances)
+    cooc_ranks, cooc_features = cooccurrence_evidence(data, instances)
+    with_cooc, all_features = {**ranks, COOCCURRENCE: cooc_ranks}, {**features, **cooc_features}
+    n = len(instances)
+    fit, held = slice(0, n // 2), slice(n // 2, n)
+
+    print(f"{args.dataset}, {args.split} split, first {n} instances: the target's rank in each order\n")
+    table({**{f"{name}, copied": r for name, r in ranks.items()}, COOCCURRENCE: cooc_ranks,
+           "SASRec (baseline)": np.array(baselines.target_ranks(data, instances,
+                                                                lambda xs: score_candidates(sasrec, xs))),
+           "oracle over the three tools": np.min(list(ranks.values()), axis=0),
+           "oracle over the three tools and co-occurrence": np.min(list(with_cooc.values()), axis=0)})
+
+    best = max(ranks, key=lambda name: ndcg10(ranks[name][fit]).mean())
+    rule, chosen = threshold_rule(ranks, features, fit)
+    rule_cooc, chosen_cooc = threshold_rule(with_cooc, all_features, fit)
+    print(f"selectors fitted on instances 1-{n // 2}, measured on {n // 2 + 1}-{n}; the best single order on the "
+          f"first half: {best}\n")
+    table({f"{best}, copied": ranks[best][held],
+           f"threshold rule: {rule}": chosen[held],
+           "linear selector over the three tools": linear_selector(ranks, features, fit)[held],
+           f"threshold rule with co-occurrence: {rule_cooc}": chosen_cooc[held],
+           "linear selector with co-occurrence": linear_selector(with_cooc, all_features, fit)[held],
+           "oracle over the three tools": np.min(list(ranks.values()), axis=0)[held],
+           "oracle over the three tools and co-occurrence": np.min(list(with_cooc.values()), axis=0)[held]},
+          against=ranks[best][held])
+
+
+if __name__ == "__main__":
+    main()
