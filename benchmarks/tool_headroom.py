@@ -13,7 +13,10 @@ shows) and SASRec. It prints, with 95 % bootstrap CIs:
 2. on the second half of the instances, selectors fitted on the first half, each against the best single order
    there (paired CI of the difference): the best threshold rule on one feature the agent can read, a linear
    selector over all of them (softmax over the orders, trained to maximise the expected NDCG@10 of the order it
-   picks), and the same two with co-occurrence as a fourth order whose signal is a feature.
+   picks), and the same two with co-occurrence as a fourth order whose signal is a feature;
+3. against SASRec (paired CI): the best of those choices written as a fixed rule, and orders that MERGE two
+   sources (co-occurrence first, its ties broken by the similar users' taste or by SASRec), which no choice of
+   one order can give.
 
 Features the agent can read: the history's length; whether the similar users picked a candidate; the top popularity
 count over the second; the top cosine of the latest item's similarity; where each tool's first candidate sits in
@@ -78,11 +81,25 @@ def tool_evidence(data, box, instances) -> tuple[dict[str, np.ndarray], dict[str
     return {k: np.array(v) for k, v in ranks.items()}, {k: np.array(v, dtype=float) for k, v in features.items()}
 
 
+def cooccurrence_scores(data, instances) -> list[list[int]]:
+    """Each candidate's co-occurrence count with the history (the co-occurrence baseline's score)."""
+    neighbours = baselines.cooccurrence(data)
+    return [[sum(neighbours[h][c] for h in x.history) for c in x.candidates] for x in instances]
+
+
+def merged_ranks(instances, first: list[list[float]], then: list[list[float]]) -> np.ndarray:
+    """The target's rank when candidates are ordered by ``first`` and its ties by ``then`` (higher is better)."""
+    ranks = []
+    for x, a, b in zip(instances, first, then):
+        order = sorted(range(len(x.candidates)), key=lambda j: (-a[j], -b[j], j))
+        ranks.append(order.index(x.candidates.index(x.target)) + 1)
+    return np.array(ranks)
+
+
 def cooccurrence_evidence(data, instances) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The target's rank in the co-occurrence order, and the signal's features (log1p of total, top, margin, and
     how many candidates have any)."""
-    neighbours = baselines.cooccurrence(data)
-    scores = [sorted(sum(neighbours[h][c] for h in x.history) for c in x.candidates) for x in instances]
+    scores = [sorted(s) for s in cooccurrence_scores(data, instances)]
     features = {"co-occurrence total": [sum(s) for s in scores], "co-occurrence top": [s[-1] for s in scores],
                 "co-occurrence margin": [s[-1] - s[-2] for s in scores],
                 "candidates with co-occurrence": [sum(v > 0 for v in s) for s in scores]}
@@ -129,9 +146,9 @@ def cell(values: np.ndarray) -> str:
     return f"{ci['mean']:.3f} [{ci['lo']:.3f}, {ci['hi']:.3f}]"
 
 
-def table(rows: dict[str, np.ndarray], against: np.ndarray | None = None) -> None:
-    """H@1 and N@10 per row; with ``against``, the paired difference of N@10 and H@1 from it."""
-    extra = " | H@1 - best order | N@10 - best order" if against is not None else ""
+def table(rows: dict[str, np.ndarray], against: np.ndarray | None = None, label: str = "best order") -> None:
+    """H@1 and N@10 per row; with ``against``, the paired differences of H@1 and N@10 from it."""
+    extra = f" | H@1 - {label} | N@10 - {label}" if against is not None else ""
     print(f"| order | n | H@1 | N@10{extra} |\n|---|---|---|---{'|---|---' if extra else ''}|")
     for name, r in rows.items():
         line = f"| {name} | {len(r)} | {cell(hit1(r))} | {cell(ndcg10(r))}"
@@ -151,16 +168,17 @@ def main() -> None:
     data = load_dataset(args.dataset)
     sasrec = load_or_train(data, data.fixed_instances("valid"))
     instances = data.fixed_instances(args.split)[:args.limit]
-    ranks, features = tool_evidence(data, preset.PresetToolbox(data, sasrec), instances)
+    box = preset.PresetToolbox(data, sasrec)
+    ranks, features = tool_evidence(data, box, instances)
     cooc_ranks, cooc_features = cooccurrence_evidence(data, instances)
     with_cooc, all_features = {**ranks, COOCCURRENCE: cooc_ranks}, {**features, **cooc_features}
     n = len(instances)
     fit, held = slice(0, n // 2), slice(n // 2, n)
 
     print(f"{args.dataset}, {args.split} split, first {n} instances: the target's rank in each order\n")
+    sasrec_ranks = np.array(baselines.target_ranks(data, instances, lambda xs: score_candidates(sasrec, xs)))
     table({**{f"{name}, copied": r for name, r in ranks.items()}, COOCCURRENCE: cooc_ranks,
-           "SASRec (baseline)": np.array(baselines.target_ranks(data, instances,
-                                                                lambda xs: score_candidates(sasrec, xs))),
+           "SASRec (baseline)": sasrec_ranks,
            "oracle over the three tools": np.min(list(ranks.values()), axis=0),
            "oracle over the three tools and co-occurrence": np.min(list(with_cooc.values()), axis=0)})
 
@@ -177,6 +195,17 @@ def main() -> None:
            "oracle over the three tools": np.min(list(ranks.values()), axis=0)[held],
            "oracle over the three tools and co-occurrence": np.min(list(with_cooc.values()), axis=0)[held]},
           against=ranks[best][held])
+
+    cooc, differ = cooccurrence_scores(data, instances), np.exp(all_features["co-occurrence margin"]) > 1.5
+    taste = [preset.ORDERING_SCORES["get_similar_users"][1](box, context_for(x, data), {}) for x in instances]
+    print(f"against SASRec, all {n} instances: choosing one order, and merging two\n")
+    table({"co-occurrence if its top two counts differ, else similar users' taste":
+           np.where(differ, cooc_ranks, ranks["similar users' taste"]),
+           "co-occurrence if its top two counts differ, else SASRec": np.where(differ, cooc_ranks, sasrec_ranks),
+           "merged: co-occurrence, ties by the similar users' taste": merged_ranks(instances, cooc, taste),
+           "merged: co-occurrence, ties by SASRec": merged_ranks(instances, cooc,
+                                                                 score_candidates(sasrec, instances))},
+          against=sasrec_ranks, label="SASRec")
 
 
 if __name__ == "__main__":
