@@ -10,9 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import evaluate
-from agenticrec.engine import Engine
 from agenticrec.agent import Rollout, ToolCallRecord, Trajectory
 from agenticrec.data import Instance, build_instances, load_dataset, load_instances
+from agenticrec.engine import Engine
 from agenticrec.evaluation import (METRICS, agent_statistics, metric_cis, render_html, render_text, scorer_ranks,
                                    segments, shortlist, shortlist_recall)
 from agenticrec.stats import bootstrap_ci
