@@ -96,10 +96,10 @@ def merged_ranks(instances, first: list[list[float]], then: list[list[float]]) -
     return np.array(ranks)
 
 
-def cooccurrence_evidence(data, instances) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def cooccurrence_evidence(data, instances, cooc: list[list[int]]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The target's rank in the co-occurrence order, and the signal's features (log1p of total, top, margin, and
-    how many candidates have any)."""
-    scores = [sorted(s) for s in cooccurrence_scores(data, instances)]
+    how many candidates have any) from the candidates' counts ``cooc``."""
+    scores = [sorted(s) for s in cooc]
     features = {"co-occurrence total": [sum(s) for s in scores], "co-occurrence top": [s[-1] for s in scores],
                 "co-occurrence margin": [s[-1] - s[-2] for s in scores],
                 "candidates with co-occurrence": [sum(v > 0 for v in s) for s in scores]}
@@ -170,7 +170,8 @@ def main() -> None:
     instances = data.fixed_instances(args.split)[:args.limit]
     box = preset.PresetToolbox(data, sasrec)
     ranks, features = tool_evidence(data, box, instances)
-    cooc_ranks, cooc_features = cooccurrence_evidence(data, instances)
+    cooc = cooccurrence_scores(data, instances)
+    cooc_ranks, cooc_features = cooccurrence_evidence(data, instances, cooc)
     with_cooc, all_features = {**ranks, COOCCURRENCE: cooc_ranks}, {**features, **cooc_features}
     n = len(instances)
     fit, held = slice(0, n // 2), slice(n // 2, n)
@@ -196,7 +197,7 @@ def main() -> None:
            "oracle over the three tools and co-occurrence": np.min(list(with_cooc.values()), axis=0)[held]},
           against=ranks[best][held])
 
-    cooc, differ = cooccurrence_scores(data, instances), np.exp(all_features["co-occurrence margin"]) > 1.5
+    differ = np.exp(all_features["co-occurrence margin"]) > 1.5  # log1p(margin) > log 1.5: the top two differ
     taste = [preset.ORDERING_SCORES["get_similar_users"][1](box, context_for(x, data), {}) for x in instances]
     print(f"against SASRec, all {n} instances: choosing one order, and merging two\n")
     table({"co-occurrence if its top two counts differ, else similar users' taste":
