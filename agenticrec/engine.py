@@ -177,7 +177,8 @@ class Engine:
     ``decode``: how a step that feeds one token per row runs. "dynamic": over the active rows and the used slots
     (shapes follow the data). "static": over every slot of the cache and all its positions, each row masked to
     its own length (``StaticDecode``): the same shapes at every step of a call. "compiled": that step under
-    ``torch.compile`` (CUDA graphs on GPU, inductor's C++ backend on CPU), compiled once per slot count."""
+    ``torch.compile`` (inductor's C++ backend on CPU), compiled once per slot count. On CUDA both fixed-shape
+    steps are captured as a CUDA graph once per call and replayed."""
 
     def __init__(self, model: Qwen3, max_len: int, kv_budget: int | None = None, decode: str = "dynamic"):
         if decode not in DECODE_MODES:

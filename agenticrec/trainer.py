@@ -287,7 +287,7 @@ def collect_groups(rollout: Rollout, stream: DataStream, sampling: Sampling, ste
     kept, dropped, all_trajectories = [], [], []
     for round_ in range(1 + sampling.refill_rounds):
         instances = stream.take(need - len(kept))
-        key = f"{sampling.seed}-{step}-{info.rank}-{round_}-0"
+        key = f"{sampling.seed}-{step}-{info.rank}-{round_}-0"  # "-0": the first call's key when rounds were chunked
         seed = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
         # one engine call: as many groups in flight as the KV budget holds, the rest queued (continuous batching)
         slots = min(rows_per_call(rollout, sampling.rollout_groups, G), len(instances)) * G
