@@ -34,7 +34,7 @@ from agenticrec.checkpoint import read_train_config
 from agenticrec.cli import option, parse_flags
 from agenticrec.data import build_instances, instances_path, load_dataset, load_instances
 from agenticrec.engine import Engine
-from agenticrec.evaluation import (agent_statistics, agent_table, metric_cis, quality_table, render_html,
+from agenticrec.evaluation import (agent_statistics, agent_table, metric_cis, paired_table, quality_table, render_html,
                                    render_text, run_agent, scorer_ranks, shortlist, shortlist_recall)
 from agenticrec.model import load_pretrained
 from agenticrec.profiles import load_profiles
@@ -178,12 +178,13 @@ class Systems:
             trajectories, wall = run_agent(rollout, instances, rows_per_call(rollout, cfg.chunk), bar.update)
         if not self.trajectories:  # --show / --html render the first agent row; the others are not kept
             self.trajectories[name] = (trajectories, tokenizer)
-        return {"metrics": metric_cis([t.rank for t in trajectories], cfg.seed),
-                "agent": agent_statistics(trajectories, wall)}
+        ranks = [t.rank for t in trajectories]
+        return {"metrics": metric_cis(ranks, cfg.seed), "agent": agent_statistics(trajectories, wall), "ranks": ranks}
 
     def baseline(self, instances, scorer):
         ranks, seconds = scorer_ranks(self.data, instances, scorer)
-        return {"metrics": metric_cis(ranks, self.cfg.seed), "seconds_per_request": seconds / len(instances)}
+        return {"metrics": metric_cis(ranks, self.cfg.seed), "seconds_per_request": seconds / len(instances),
+                "ranks": ranks}
 
     def sasrec_scorer(self):
         return lambda instances: score_candidates(self.toolbox.sasrec, instances)
@@ -194,6 +195,10 @@ class Systems:
                 "co-occurrence": self.baseline(instances, cooccurrence_scorer(self.data))}
         if self.toolbox.sasrec is not None:
             rows["SASRec"] = self.baseline(instances, self.sasrec_scorer())
+        if isinstance(self.toolbox, preset.PresetToolbox):  # what the agent's own tools score, each order copied
+            for name in preset.copied_tools(self.toolbox):
+                scorer = preset.tool_ordering_scorer(self.data, self.toolbox, name)
+                rows[f"{name}, copied"] = self.baseline(instances, scorer)
         return rows
 
 
@@ -296,6 +301,8 @@ def main(argv=None) -> dict:
         text = quality_table(rows)
         if any("agent" in row for row in rows.values()):
             text += "\n\n" + agent_table(rows)
+        if cfg.table == "main" and cfg.checkpoint and len(rows) > 1:
+            text += "\n\n" + paired_table(rows, cfg.seed)
     header = (f"{cfg.dataset}, {cfg.split} split, {cfg.candidates if cfg.table != 'scaling' else cfg.scaling} "
               f"candidates, {len(instances)} instances; 95% bootstrap CIs; agent settings: tools {cfg.tools}, "
               f"T_max {cfg.max_tool_calls}, context {cfg.max_context}")

@@ -19,7 +19,7 @@ from agenticrec.agent import Rollout, Trajectory
 from agenticrec.baselines import Scorer, target_ranks
 from agenticrec.data import Dataset, Instance
 from agenticrec.reward import ranking_metrics
-from agenticrec.stats import bootstrap_ci
+from agenticrec.stats import bootstrap_ci, paired_bootstrap
 
 METRICS = ("H@1", "H@5", "H@10", "N@5", "N@10")
 
@@ -201,6 +201,21 @@ def quality_table(rows: dict[str, dict]) -> str:
     for name, row in rows.items():
         m = row["metrics"]
         lines.append(f"| {name} | {m['H@1']['n']} | " + " | ".join(_cell(m[k]) for k in METRICS) + " |")
+    return "\n".join(lines)
+
+
+def paired_table(rows: dict[str, dict], seed: int = 0) -> str:
+    """Markdown: the first row minus each other row on H@1 and N@10, per instance on the same instances, with a
+    paired 95% bootstrap CI (``stats.paired_bootstrap``); a CI excluding 0 is a difference the sample supports."""
+    (first, head), *others = rows.items()
+    lines = [f"| {first} minus | H@1 | N@10 |", "|---|---|---|"]
+    for name, row in others:
+        cells = []
+        for metric in ("H@1", "N@10"):
+            a, b = ([ranking_metrics(r)[metric] for r in x["ranks"]] for x in (row, head))
+            d = paired_bootstrap(a, b, seed=seed)
+            cells.append(f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

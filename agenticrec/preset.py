@@ -159,12 +159,16 @@ def tool_ordering_scorer(data: Dataset, toolbox: PresetToolbox, name: str, argum
     return scorer
 
 
+def copied_tools(toolbox: PresetToolbox) -> list[str]:
+    """The enabled ranking tools whose order can be copied without choosing an argument."""
+    return [t.name for t in toolbox.tools if t.name in ORDERING_SCORES and not t.required]
+
+
 def copied_orders(data: Dataset, toolbox: PresetToolbox, instances: list[Instance]) -> dict[str, dict]:
     """{"<tool>, copied": metrics} for each enabled no-argument ranking tool: what copying it alone scores."""
     from agenticrec import baselines
-    no_argument = [t.name for t in toolbox.tools if t.name in ORDERING_SCORES and not t.required]
     return {f"{name}, copied": baselines.evaluate_scorer(data, instances, tool_ordering_scorer(data, toolbox, name))
-            for name in no_argument}
+            for name in copied_tools(toolbox)}
 
 
 # ------------------------------------------------------------------------------------------------------------------

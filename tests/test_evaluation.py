@@ -13,8 +13,8 @@ import evaluate
 from agenticrec.agent import Rollout, ToolCallRecord, Trajectory
 from agenticrec.data import Instance, build_instances, load_dataset, load_instances
 from agenticrec.engine import Engine
-from agenticrec.evaluation import (METRICS, agent_statistics, metric_cis, render_html, render_text, scorer_ranks,
-                                   segments, shortlist, shortlist_recall)
+from agenticrec.evaluation import (METRICS, agent_statistics, metric_cis, paired_table, render_html, render_text,
+                                   scorer_ranks, segments, shortlist, shortlist_recall)
 from agenticrec.stats import bootstrap_ci
 from grpo_fakes import tiny_policy_folder
 
@@ -62,6 +62,17 @@ def test_bootstrap_of_a_constant_is_exact_and_empty_input_is_rejected():
     assert bootstrap_ci([0.25] * 50) == {"mean": 0.25, "lo": 0.25, "hi": 0.25, "n": 50}
     with pytest.raises(ValueError, match="non-empty"):
         bootstrap_ci([])
+
+
+def test_paired_table_by_hand():
+    # the agent's ranks 1 1 2 against 3 1 2 and 1 1 2: H@1 differs on the first instance only (1 - 0), N@10 by
+    # 1 - 1/log2(4) = 0.5 there; of 3 instances, a bootstrap mean is 0 with probability (2/3)^3 and 1 (all three
+    # the first) with probability 1/27 > 2.5 %: the CI is [0, 1] ([0, 0.5] for N@10)
+    rows = {"agent": {"ranks": [1, 1, 2]}, "tool": {"ranks": [3, 1, 2]}, "same": {"ranks": [1, 1, 2]}}
+    assert paired_table(rows).splitlines() == [
+        "| agent minus | H@1 | N@10 |", "|---|---|---|",
+        "| tool | +0.333 [+0.000, +1.000] | +0.167 [+0.000, +0.500] |",
+        "| same | +0.000 [+0.000, +0.000] | +0.000 [+0.000, +0.000] |"]
 
 
 def _trajectory(x, reason=None, calls=(), seconds=1.0, generated=3, observation=4):
@@ -164,6 +175,7 @@ def test_evaluate_command_writes_every_field(policy, tmp_path, capsys):
             "wall_s"}
     printed = capsys.readouterr().out
     assert "| system | n | H@1 |" in printed and "--- answer:" in printed
+    assert "| agent minus | H@1 | N@10 |" in printed and "| SASRec | " in printed.split("| agent minus |")[1]
     assert (tmp_path / "t.html").read_text().count("<h2>Trajectory") == 6
 
 
