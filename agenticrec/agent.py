@@ -176,7 +176,8 @@ class Rollout:
         return self._observe(t, action, context)
 
     def _observe(self, t: Trajectory, call: ToolCall, context) -> list[int]:
-        result = self.toolbox.call(call.name, call.arguments, context)
+        earlier = tuple((c.name, c.arguments) for c in t.tool_calls if c.error is None)
+        result = self.toolbox.call(call.name, call.arguments, context, earlier)
         forced = tool_response_ids(self.tokenizer, [result.text])
         t.tool_calls.append(ToolCallRecord(call.name, call.arguments, result.error, result.seconds, result.text,
                                            len(forced)))

@@ -23,9 +23,10 @@ import json
 import logging
 from pathlib import Path
 
+from agenticrec.baselines import cooccurrence
 from agenticrec.data import Dataset, Instance
 from agenticrec.model import Qwen3Config
-from agenticrec.tools import Tool, Toolbox, ToolContext, context_for
+from agenticrec.tools import EarlierCalls, Tool, Toolbox, ToolContext, context_for
 from agenticrec.warmstart import ordering_line, ordering_of, warm_start
 
 log = logging.getLogger("agenticrec.preset")
@@ -36,13 +37,13 @@ PRESET_MODEL = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2,
                     num_key_value_heads=2, head_dim=32, rope_theta=10_000.0, tie_word_embeddings=True,
                     max_position_embeddings=4096)
 
-# train_grpo.py's settings under --model preset: the two no-argument ranking tools (popularity, similar users'
-# taste) whose orders the warm start copies; budgets that keep prompts near 800 tokens; lr 1e-4 (the tiny model
-# moves little at the paper's 1e-6) with a KL of 0.01 to the warm start; a budget of steps, not of time; evaluation
+# train_grpo.py's settings under --model preset: the three no-argument ranking tools (popularity, co-occurrence
+# with the history, similar users' taste) whose orders the warm start copies; budgets that keep prompts near 800
+# tokens; lr 1e-4 (the tiny model moves little at the paper's 1e-6) with a KL of 0.01 to the warm start; a budget of steps, not of time; evaluation
 # calls of 250 instances (the KV budget would allow ~1,900: the published preset figures were made with 250).
-GRPO = dict(batch_size=8, lr=1e-4, warmup_steps=5, max_turn_tokens=96, max_context=2048,
-            tools="candidates_analyze,get_similar_users", steps=30, kl_coef=0.01, eval_instances=1000,
-            checkpoint_every=10, max_tool_calls=4, eval_chunk=250)
+GRPO = dict(batch_size=8, lr=1.5e-4, warmup_steps=5, max_turn_tokens=96, max_context=2048,
+            tools="candidates_analyze,get_session_behavior,get_similar_users", steps=30, kl_coef=0.01,
+            eval_instances=500, checkpoint_every=10, max_tool_calls=4, eval_chunk=250)
 
 # train_ppr.py's settings on a preset checkpoint (its agent settings come from the checkpoint's train_config.json):
 # mining 4,000 train instances and the logistic objective (the tiny stage-1 model was never taught to answer A / B
@@ -63,8 +64,8 @@ TITLE_CHARS = 24  # titles in prompts are cut here (with "…")
 
 def layer(warm_start: Path) -> dict:
     """The preset layer as ``train_config.json`` records it."""
-    return {"title_chars": TITLE_CHARS, "ordering_lines": list(ORDERING_SCORES), "warm_start": str(warm_start),
-            "model": PRESET_MODEL}
+    return {"title_chars": TITLE_CHARS, "ordering_lines": list(ORDERING_SCORES), "ordering_line_keys": ORDERING_KEYS,
+            "warm_start": str(warm_start), "model": PRESET_MODEL}
 
 
 def prompt_data(data: Dataset, preset: dict | None) -> Dataset:
@@ -119,27 +120,59 @@ def _similarity(box: Toolbox, ctx: ToolContext, arguments: dict) -> list[float]:
     return [float(sims[c]) for c in ctx.candidates]
 
 
+def _cooccurrence(box: Toolbox, ctx: ToolContext, arguments: dict) -> list[float]:
+    """How often each candidate sat within 3 positions of a history item in the train sequences (the co-occurrence
+    baseline's score): the session-based evidence, in the classic sense of items consumed together."""
+    return [float(sum(box.neighbours[h][c] for h in ctx.history)) for c in ctx.candidates]
+
+
 def _users_taste(box: Toolbox, ctx: ToolContext, arguments: dict) -> list[float]:
     user = box.user_vector(ctx.history)  # the SASRec taste vector that placed the similar users near this one
     return [float(box.item_vectors[c] @ user) for c in ctx.candidates]
 
 
+ORDERING_KEYS = "the ranking tools consulted so far, in the order of ORDERING_SCORES, then popularity"
 # tool -> (criterion named in the line, the candidates' scores)
-ORDERING_SCORES = {"candidates_analyze": ("popularity", _popularity),
+# (in this order in a line that combines several: the sparse co-occurrence counts decide where they have evidence,
+# a dense cosine breaks their ties, popularity comes last as it always breaks the remaining ones)
+ORDERING_SCORES = {"get_session_behavior": ("co-occurrence with the history", _cooccurrence),
                    "get_similar_items": ("similarity", _similarity),
-                   "get_similar_users": ("similar users' taste", _users_taste)}
+                   "get_similar_users": ("similar users' taste", _users_taste),
+                   "candidates_analyze": ("popularity", _popularity)}
 
 
 @dataclasses.dataclass
 class PresetToolbox(Toolbox):
-    """The paper's toolbox, with an ``ordering_line`` after each ranking tool's evidence."""
+    """The paper's toolbox, with an ``ordering_line`` after each ranking tool's evidence.
 
-    def observe(self, tool: Tool, context: ToolContext, arguments: dict) -> str:
+    The line orders the candidates by every ranking tool the trajectory has consulted so far, whatever the order
+    of the calls: the first of them in ``ORDERING_SCORES`` decides, the next one breaks its ties, and so on,
+    popularity last. A tool called alone gives its own order; ``get_session_behavior`` and ``get_similar_users``
+    together give co-occurrence with the similar users' taste among the candidates it cannot tell apart. So a model
+    that can only copy a line can still act on two sources of evidence: which tools to consult is the agent's
+    choice, and GRPO's to learn."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.neighbours = cooccurrence(self.data)  # item -> Counter of the items within 3 positions in train
+
+    def observe(self, tool: Tool, context: ToolContext, arguments: dict, earlier: EarlierCalls = ()) -> str:
         text = super().observe(tool, context, arguments)
         if tool.name not in ORDERING_SCORES:
             return text
-        criterion, scores = ORDERING_SCORES[tool.name]
-        return text + "\n" + ordering_line(criterion, scores(self, context, arguments))
+        consulted = []
+        for call in (*earlier, (tool.name, arguments)):
+            if call[0] in ORDERING_SCORES and call not in consulted:
+                consulted.append(call)
+        consulted.sort(key=lambda call: list(ORDERING_SCORES).index(call[0]))  # stable: one tool on two items keeps call order
+        keys = [ORDERING_SCORES[name][1](self, context, args) for name, args in consulted]
+        keys.append(_popularity(self, context, {}))
+        order = sorted(range(len(context.candidates)), key=lambda j: [-key[j] for key in keys] + [j])
+        rank_scores = [0.0] * len(order)
+        for rank, j in enumerate(order):
+            rank_scores[j] = -float(rank)
+        criterion = ", then ".join(ORDERING_SCORES[name][0] for name, _ in consulted)
+        return text + "\n" + ordering_line(criterion, rank_scores)
 
 
 def tool_ordering_scorer(data: Dataset, toolbox: PresetToolbox, name: str, arguments: dict | None = None):
@@ -197,7 +230,7 @@ def preset_tokenizer(data, folder, vocab_size: int = 4096, split_digits: bool = 
              "<answer>\\boxed{[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}</answer>", "assistant\n<think>",
              "I follow the last ranking.", "Past interactions, most first:", "best first:",
              *(tool_call_text(t.name, {p: "Halo 3" for p in t.parameters}) for t in TOOLS),
-             *(f"I will use {t.name}." for t in TOOLS)]
+             *(f"I will use {t.name}." for t in TOOLS), *(f"Then I will use {t.name}." for t in TOOLS)]
     titles = [data.title(i) for i in range(len(data.items))]
     numbers = [f"[{i}] " + ", ".join(str((i * 7 + j) % 20 + 1) for j in range(10)) for i in range(1, 21)]
     return train_bpe_tokenizer(fixed * 200 + numbers * 50 + titles, folder, vocab_size=vocab_size,

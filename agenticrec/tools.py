@@ -42,6 +42,10 @@ class ToolContext:
     history_timestamps: tuple[int, ...] | None = None
 
 
+# (name, arguments) of the calls a trajectory made before the current one, oldest first (``Toolbox.call``)
+EarlierCalls = tuple[tuple[str, dict], ...]
+
+
 def context_for(instance: Instance, data: Dataset) -> ToolContext:
     ratings = timestamps = None
     if instance.position is not None:
@@ -136,21 +140,24 @@ class Toolbox:
     def names(self) -> set[str]:
         return {t.name for t in self.tools}
 
-    def call(self, name: str, arguments, context: ToolContext) -> ToolResult:
-        """Run one tool call; every failure becomes an error observation (``ToolResult.error``), never raised."""
+    def call(self, name: str, arguments, context: ToolContext, earlier: EarlierCalls = ()) -> ToolResult:
+        """Run one tool call; every failure becomes an error observation (``ToolResult.error``), never raised.
+
+        ``earlier``: the (name, arguments) of the calls this trajectory made before, oldest first, that succeeded.
+        The paper's tools ignore it; a toolbox variant may use it (``PresetToolbox``'s ordering line does)."""
         start = time.perf_counter()
         tool = next((t for t in self.tools if t.name == name), None)
         try:
             if tool is None:
                 raise ToolError(f"unknown tool {str(name)[:40]!r}; available: {', '.join(sorted(self.names))}")
-            text, error = _truncate(self.observe(tool, context, _check_arguments(tool, arguments))), None
+            text, error = _truncate(self.observe(tool, context, _check_arguments(tool, arguments), earlier)), None
         except ToolError as err:
             text, error = f"error: {err}", str(err)
         except Exception as err:  # a bug in a tool must cost one observation, not the run; it is counted
             text, error = f"error: internal tool failure ({type(err).__name__})", f"internal: {err!r}"[:200]
         return ToolResult(text, error, time.perf_counter() - start)
 
-    def observe(self, tool: Tool, context: ToolContext, arguments: dict) -> str:
+    def observe(self, tool: Tool, context: ToolContext, arguments: dict, earlier: EarlierCalls = ()) -> str:
         """One tool's observation text (before the length cut): the hook a toolbox variant extends
         (``agenticrec.preset.PresetToolbox`` appends an ordering line)."""
         return tool.run(self, context, **arguments)

@@ -4,15 +4,16 @@ Not in the paper. The paper starts GRPO from Qwen3-4B-Instruct, a model that alr
 call tools and can rank a little. No such model can be downloaded here, so the CPU preset manufactures one: a tiny
 Qwen3 is trained to imitate an expert that
 
-- knows the format and the tools: thinks briefly, calls a ranking tool (sometimes two), and answers with the top
-  K of the last observation's ordering line (``ordering_line``, which ``agenticrec.preset.PresetToolbox``
-  appends), copied verbatim;
-- does not know which tool deserves trust: it trusts popularity (``candidates_analyze``, NDCG@10 0.53 on Games
-  valid) twice as often as the similar users' taste (``get_similar_users``, 0.64), see ``EXPERT_TRUST``.
+- knows the format and the tools: thinks briefly, consults two ranking tools (``RANKING_TOOLS``), and answers with
+  the top K of the last observation's ordering line (``ordering_line``, which ``agenticrec.preset.PresetToolbox``
+  appends: it orders by every tool consulted so far), copied verbatim;
+- does not know which tools deserve trust: it draws them, in a random order, uniformly.
 
-That gap is the headroom GRPO must find: learn which evidence to act on (../shared/cpu-preset-notes.md: an expert
-that copies a perfect tool leaves GRPO nothing to learn, and an under-trained warm start gives it no valid answers
-to learn from). Two phases:
+Which pair of tools to consult is the headroom GRPO must find (on Games valid, NDCG@10: popularity 0.53, the similar
+users' taste 0.64, co-occurrence with the history 0.64 alone and 0.68 with the similar users' taste breaking its
+ties).
+../shared/cpu-preset-notes.md: an expert that copies a perfect tool leaves GRPO nothing to learn, and an
+under-trained warm start gives it no valid answers to learn from. Two phases:
 
 1. a copy drill (``copy_drill``): ~130-token sequences of one ordering line and the answer that copies it, which
    form the copying circuit in ~200 steps (on full ~1,000-token trajectories the answer loss sat at chance for
@@ -43,10 +44,8 @@ from agenticrec.tools import Toolbox, context_for
 log = logging.getLogger("agenticrec.warmstart")
 
 
-# The tools whose observation ends with a full ordering of the candidates (ordering_line, under the preset), and
-# how often the expert trusts each: mostly popularity (NDCG@10 0.53 on Games valid), sometimes the item-to-item
-# similarity of the latest history item (0.57), sometimes the similar users' taste (0.64).
-EXPERT_TRUST = {"candidates_analyze": 0.5, "get_similar_items": 0.25, "get_similar_users": 0.25}
+# The tools whose observation ends with a full ordering of the candidates (ordering_line, under the preset).
+RANKING_TOOLS = ("candidates_analyze", "get_session_behavior", "get_similar_items", "get_similar_users")
 
 
 @dataclass(frozen=True)
@@ -55,13 +54,13 @@ class WarmStartConfig:
 
     lr: float = 1e-3
     batch_size: int = 16
-    drill_steps: int = 300  # copy-drill steps before the expert's trajectories (0: none)
+    drill_steps: int = 200  # copy-drill steps before the expert's trajectories (0: none)
     drill_batch_size: int = 32
     max_steps: int = 1500  # an upper bound; the gate normally stops it earlier
     check_every: int = 25  # steps between gate checks
     gate_valid_rate: float = 0.8  # valid-answer rate required of rollouts SAMPLED as GRPO will sample them
     gate_instances: int = 64
-    second_call: float = 0.2  # how often the expert calls a second ranking tool (it answers after the last)
+    second_call: float = 1.0  # how often the expert consults a second ranking tool (it answers after the last)
     seed: int = 0
 
 
@@ -82,30 +81,30 @@ def ordering_of(observation: str) -> list[int] | None:
 
 
 def expert_trajectory(tokenizer, data: Dataset, toolbox: Toolbox, instance: Instance, cfg: AgentConfig,
-                      rng: random.Random, second_call: float = 0.2) -> tuple[list[int], list[int]]:
+                      rng: random.Random, second_call: float = 1.0) -> tuple[list[int], list[int]]:
     """(ids, loss mask) of one expert trajectory, built exactly as the rollout builds a policy's.
 
-    The expert calls a ranking tool drawn from ``EXPERT_TRUST`` (popularity most often), with probability
-    ``second_call`` also the other one, and answers with the top K of the LAST observation's ordering, copied
-    verbatim. It knows the format and the tools; it does not know which tool deserves trust: that is the
-    headroom GRPO must find. Its most likely path, the one a greedy imitation follows, is popularity.
+    The expert consults two distinct enabled ranking tools (one with probability 1 - ``second_call``), drawn
+    uniformly in a random order, and answers with the top K of the LAST observation's ordering, copied verbatim
+    (under the preset that line orders by every tool consulted so far). It knows the format and the tools; it does
+    not know which tools deserve trust: that is the headroom GRPO must find, and drawing every pair alike lets
+    GRPO's samples meet each of them.
     """
-    available = [name for name in EXPERT_TRUST if name in toolbox.names]
+    available = [name for name in RANKING_TOOLS if name in toolbox.names]
     if not available:
-        raise ValueError(f"the expert needs one of the ranking tools {sorted(EXPERT_TRUST)}; enabled: "
+        raise ValueError(f"the expert needs one of the ranking tools {list(RANKING_TOOLS)}; enabled: "
                          f"{sorted(toolbox.names)}")
-    calls = rng.choices(available, weights=[EXPERT_TRUST[n] for n in available])
-    others = [n for n in available if n != calls[0]]
-    if others and rng.random() < second_call:
-        calls.append(rng.choice(others))
+    calls = rng.sample(available, min(len(available), 2 if rng.random() < second_call else 1))
     ids = build_prompt(tokenizer, instance, data, toolbox, cfg)
     mask = [0] * len(ids)
-    context = context_for(instance, data)
+    context, earlier = context_for(instance, data), ()
     for name in calls:
         arguments = {"item_title": f"h{len(instance.history)}"} if name == "get_similar_items" else {}
-        turn = tokenizer.encode(f"<think>I will use {name}.</think>\n" + tool_call_text(name, arguments),
+        thought = f"Then I will use {name}." if earlier else f"I will use {name}."  # each decision its own words
+        turn = tokenizer.encode(f"<think>{thought}</think>\n" + tool_call_text(name, arguments),
                                 add_special_tokens=False)
-        observation = toolbox.call(name, arguments, context).text
+        observation = toolbox.call(name, arguments, context, earlier).text
+        earlier += ((name, arguments),)
         forced = tool_response_ids(tokenizer, [observation])
         ids, mask = ids + turn + forced, mask + [1] * len(turn) + [0] * len(forced)
     order = ordering_of(observation)
@@ -128,7 +127,8 @@ def copy_drill(tokenizer, rng: random.Random, num_candidates: int = 20, k: int =
     scores = [0.0] * num_candidates
     for rank, number in enumerate(order):
         scores[number - 1] = -rank
-    criterion = rng.choice(["popularity", "similarity", "similar users' taste"])
+    criteria = ["popularity", "co-occurrence with the history", "similarity", "similar users' taste"]
+    criterion = ", then ".join(rng.sample(criteria, rng.choice([1, 1, 2])))
     forced = tool_response_ids(tokenizer, [ordering_line(criterion, scores)])
     turn = tokenizer.encode(_answer_text(order[:k]), add_special_tokens=False)
     return forced + turn, [0] * len(forced) + [1] * len(turn)

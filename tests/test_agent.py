@@ -14,6 +14,7 @@ from agenticrec.agent import (CONTEXT_LIMIT, TOOL_BUDGET_EXCEEDED, TOOLS_DISABLE
 from agenticrec.data import Instance
 from agenticrec.engine import Engine
 from agenticrec.model import Qwen3, Qwen3Config
+from agenticrec.preset import PresetToolbox
 from agenticrec.reward import RewardConfig
 from agenticrec.tokenizer import IM_END, tool_call_text, tool_response_ids, train_bpe_tokenizer
 from agenticrec.tools import TOOLS, Toolbox, context_for
@@ -54,12 +55,14 @@ def script_for(tokenizer, box, actions, cfg=CFG, instance=INSTANCE):
     """prompt + each turn (mask 1) + each tool response (mask 0), as the rollout should build them."""
     ids = build_prompt(tokenizer, instance, box.data, box, cfg)
     mask = [0] * len(ids)
-    context = context_for(instance, box.data)
+    context, earlier = context_for(instance, box.data), ()
     for kind, payload in actions:
         turn = encode(tokenizer, payload if kind == "text" else tool_call_text(*payload))
         ids, mask = ids + turn, mask + [1] * len(turn)
         if kind == "call" and payload[0] in box.names:
-            forced = tool_response_ids(tokenizer, [box.call(payload[0], payload[1], context).text])
+            result = box.call(payload[0], payload[1], context, earlier)
+            earlier += ((payload[0], payload[1]),) if result.error is None else ()
+            forced = tool_response_ids(tokenizer, [result.text])
             ids, mask = ids + forced, mask + [0] * len(forced)
     return ids, mask
 
@@ -82,6 +85,18 @@ def test_scripted_tool_call_then_answer_gives_exact_ids_mask_and_reward(tokenize
         ("get_similar_items", {"item_title": "Mario Kart 8"}, None)]
     assert t.tokens == {"prompt": t.prompt_len, "generated": sum(mask), "observation": mask.count(0) - t.prompt_len}
     assert t.turns == 2
+
+
+def test_each_tool_call_sees_the_calls_that_succeeded_before_it(tokenizer):
+    box = PresetToolbox(tiny(), FakeSASRec())
+    actions = [("call", ("get_session_behavior", {})), ("call", ("get_similar_items", {"item_title": "Zelda 9"})),
+               ("call", ("get_similar_users", {})), ("text", "<answer>\\boxed{[5, 4, 2, 1, 3]}</answer><|im_end|>")]
+    t = run(tokenizer, box, script_for(tokenizer, box, actions)[0])
+    assert [c.error is None for c in t.tool_calls] == [True, False, True] and t.rank == 3
+    # co-occurrence of the candidates 5 3 6 2 4 with the history: 2 2 0 4 4; the similar users' taste orders the
+    # items 4 3 2 5 6, so the ties {2, 4} and {5, 3} become 4 2 and 3 5: candidates 5 4, then 2 1, then 3
+    assert t.tool_calls[2].observation.rsplit("\n", 1)[1] == (
+        "Candidates by co-occurrence with the history, then similar users' taste, best first: 5, 4, 2, 1, 3")
 
 
 def test_first_place_with_a_tool_call_earns_the_bonus(tokenizer, box):

@@ -17,8 +17,8 @@ from agenticrec.warmstart import ordering_line, ordering_of
 from agenticrec.tools import TOOLS, Toolbox, ToolContext
 from test_tools import CTX, FakeSASRec, tiny
 
-RANKING_CALLS = {"candidates_analyze": {}, "get_similar_items": {"item_title": "Mario Kart 8"},
-                 "get_similar_users": {}}
+RANKING_CALLS = {"candidates_analyze": {}, "get_session_behavior": {},
+                 "get_similar_items": {"item_title": "Mario Kart 8"}, "get_similar_users": {}}
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +37,44 @@ def test_the_preset_appends_each_ranking_tools_order_to_the_same_evidence(boxes)
     # similarity to Mario Kart 8 (candidate 4 itself first): 1.00 0.97 0.71 0.60 0.00 -> 4 1 5 2 3.
     # ann's taste = mean of her history's vectors, proportional to (3.2, 1.6, 0.3); cosine to the candidates'
     # items: 0.55 0.33 0.08 0.45 0.95 -> 5 1 4 2 3.
+    # co-occurrence: how often each candidate sits within 3 positions of a history item (0 1 7 4 2) in the train
+    # sequences (ann 0 1 7 4 2, bob 2 3 5 0, cat 0 7 1): item 3 next to 2 and 0 in bob's: 2; item 5 likewise: 2;
+    # item 6 never: 0; item 2 next to 1 7 4 (ann) and 0 (bob): 4; item 4 next to 0 1 7 2 (ann): 4 -> 4 and 5 tied
+    # (popularity 2 over 1: 4 first), 1 and 2 tied (popularity 1 and 1: lower number first), 3.
     expected = {"candidates_analyze": "Candidates by popularity, best first: 4, 1, 2, 5, 3",
+                "get_session_behavior": "Candidates by co-occurrence with the history, best first: 4, 5, 1, 2, 3",
                 "get_similar_items": "Candidates by similarity, best first: 4, 1, 5, 2, 3",
                 "get_similar_users": "Candidates by similar users' taste, best first: 5, 1, 4, 2, 3"}
     for name, arguments in RANKING_CALLS.items():
         evidence = paper.call(name, arguments, CTX).text
         assert layered.call(name, arguments, CTX).text == evidence + "\n" + expected[name]
         assert ordering_of(evidence) is None
+
+
+def test_the_ordering_line_orders_by_every_tool_consulted_so_far_whatever_the_call_order(boxes):
+    _, box = boxes
+    session, users, popularity = ("get_session_behavior", {}), ("get_similar_users", {}), ("candidates_analyze", {})
+    line = lambda name, earlier: box.call(name, {}, CTX, earlier).text.rsplit("\n", 1)[1]
+    # co-occurrence 2 2 0 4 4 decides; its ties {4, 5} and {1, 2} go to the taste order 5 1 4 2 3: 5 4, then 1 2
+    merged = "Candidates by co-occurrence with the history, then similar users' taste, best first: 5, 4, 1, 2, 3"
+    assert line("get_similar_users", (session,)) == line("get_session_behavior", (users,)) == merged
+    assert line("candidates_analyze", (users, session)) == merged.replace("taste,", "taste, then popularity,")
+    # a repeated tool counts once, a tool without an ordering not at all
+    assert line("get_similar_users", (users, ("get_user_profile", {}))) == line("get_similar_users", ())
+    # co-occurrence decides, popularity 1 1 0 2 1 breaks its ties: 4 (2) before 5 (1); 1 and 2 (1, 1) by number
+    assert line("get_session_behavior", (popularity,)) == (
+        "Candidates by co-occurrence with the history, then popularity, best first: 4, 5, 1, 2, 3")
+
+
+def test_the_session_tools_order_alone_is_the_cooccurrence_baselines(boxes):
+    from agenticrec.baselines import cooccurrence_scorer, rankings
+    _, box = boxes
+    contexts = [CTX, ToolContext("bob", (2, 3, 5, 0), (1, 4, 6, 7, 0)), ToolContext("cat", (0, 7, 1), (2, 6, 3))]
+    for ctx in contexts:
+        x = Instance(ctx.user, list(ctx.history), ctx.candidates[0], list(ctx.candidates))
+        [ranked] = rankings([x], cooccurrence_scorer(box.data)([x]), box.popularity)
+        order = ordering_of(box.call("get_session_behavior", {}, ctx).text)
+        assert [ctx.candidates[n - 1] for n in order] == ranked
 
 
 def test_without_the_preset_no_tool_output_holds_an_ordering_line(boxes):
@@ -88,7 +119,7 @@ def test_tool_ordering_scorer_copies_the_tool_order(boxes):
                         box.popularity)
     assert ranked == [CTX.candidates[n - 1] for n in (4, 1, 2, 5, 3)]
     with pytest.raises(ValueError, match="does not end with an ordering"):
-        tool_ordering_scorer(box.data, box, "get_session_behavior")([instance])
+        tool_ordering_scorer(box.data, box, "get_user_profile")([instance])
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -160,7 +191,9 @@ def test_copied_orders_score_each_no_argument_ranking_tool(boxes):
     _, box = boxes
     x = Instance("ann", list(CTX.history), 2, list(CTX.candidates), position=5)  # item 2 is candidate 4
     rows = preset.copied_orders(box.data, box, [x])
-    assert list(rows) == ["candidates_analyze, copied", "get_similar_users, copied"]  # similar items needs an item
+    assert list(rows) == ["candidates_analyze, copied", "get_session_behavior, copied",
+                          "get_similar_users, copied"]  # similar items needs an item
     assert rows["candidates_analyze, copied"]["H@1"] == 1.0  # popularity order 4, 1, 2, 5, 3: candidate 4 first
+    assert rows["get_session_behavior, copied"]["H@1"] == 1.0  # co-occurrence order 4, 5, 1, 2, 3
     assert rows["get_similar_users, copied"]["H@1"] == 0.0  # taste order 5, 1, 4, 2, 3: candidate 4 third
     assert rows["get_similar_users, copied"]["N@5"] == pytest.approx(0.5)  # 1 / log2(3 + 1)

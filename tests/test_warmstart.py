@@ -1,5 +1,5 @@
 """The CPU preset's scripted expert: its trajectories are exactly what the rollout builds for the same actions,
-its answer copies the last ordering line, and it trusts the tools at the documented rates."""
+its answer copies the last ordering line, and it consults two tools, in every order alike."""
 
 import random
 import re
@@ -11,7 +11,7 @@ from agenticrec.agent import AgentConfig, Rollout
 from agenticrec.engine import Engine
 from agenticrec.policy import sft_loss
 from agenticrec.preset import PresetToolbox
-from agenticrec.warmstart import EXPERT_TRUST, copy_drill, expert_trajectory, ordering_of
+from agenticrec.warmstart import RANKING_TOOLS, copy_drill, expert_trajectory, ordering_of
 from test_agent import INSTANCE, ScriptedModel
 from test_tools import FakeSASRec, tiny
 
@@ -32,20 +32,31 @@ def test_expert_trajectory_is_what_the_rollout_builds(tokenizer, box, seed):
     assert t.invalid_reason is None and t.tool_errors == 0
     copied = ordering_of(t.tool_calls[-1].observation)[:5]
     assert t.ranking == tuple(INSTANCE.candidates[n - 1] for n in copied)
-    assert t.tool_calls[-1].name in EXPERT_TRUST and 1 <= len(t.tool_calls) <= 2
+    assert t.tool_calls[-1].name in RANKING_TOOLS and len(t.tool_calls) == 2
 
 
-def test_expert_trusts_tools_at_the_documented_rates(tokenizer, box):
-    rng, first, second = random.Random(0), Counter(), 0
-    for _ in range(600):
-        ids, mask = expert_trajectory(tokenizer, box.data, box, INSTANCE, CFG, rng, second_call=0.2)
+def _expert_calls(tokenizer, box, n, rng, **kwargs):
+    for _ in range(n):
+        ids, mask = expert_trajectory(tokenizer, box.data, box, INSTANCE, CFG, rng, **kwargs)
         names = re.findall(r'"name": "(\w+)"', tokenizer.decode([i for i, m in zip(ids, mask) if m]))
-        first[names[0]] += 1
-        second += len(names) == 2
-        assert len(set(names)) == len(names)  # a second call is always the other tool
-    for name, weight in EXPERT_TRUST.items():  # every ranking tool is enabled here, so the weights are the rates
-        assert abs(first[name] / 600 - weight / sum(EXPERT_TRUST.values())) < 0.06, (name, first)
-    assert abs(second / 600 - 0.2) < 0.05
+        assert len(set(names)) == len(names)  # a second call is always another tool
+        yield tuple(names)
+
+
+def test_expert_consults_two_tools_in_every_order_alike(tokenizer):
+    box = PresetToolbox(tiny(), FakeSASRec(), enabled=("candidates_analyze", "get_session_behavior",
+                                                          "get_similar_users"))
+    paths = Counter(_expert_calls(tokenizer, box, 900, random.Random(0)))  # WarmStartConfig.second_call: 1
+    assert len(paths) == 6 and all(len(path) == 2 for path in paths)  # 3 tools: 6 ordered pairs
+    assert all(abs(count / 900 - 1 / 6) < 0.04 for count in paths.values()), paths
+
+
+def test_with_second_call_one_half_the_expert_consults_one_tool_half_the_time(tokenizer, box):
+    paths = Counter(_expert_calls(tokenizer, box, 900, random.Random(1), second_call=0.5))
+    singles = {path: count for path, count in paths.items() if len(path) == 1}
+    assert sorted(path[0] for path in singles) == sorted(box.names)
+    assert abs(sum(singles.values()) / 900 - 0.5) < 0.05
+    assert all(abs(count / 900 - 1 / 6) < 0.04 for count in singles.values()), singles  # each tool alike
 
 
 def test_expert_needs_a_ranking_tool(tokenizer):
