@@ -41,8 +41,8 @@ PRESET_MODEL = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2,
 # with the history, similar users' taste) whose orders the warm start copies; budgets that keep prompts near 800
 # tokens; lr 1e-4 (the tiny model moves little at the paper's 1e-6) with a KL of 0.01 to the warm start; a budget of steps, not of time; evaluation
 # calls of 250 instances (the KV budget would allow ~1,900: the published preset figures were made with 250).
-GRPO = dict(batch_size=8, lr=1.5e-4, warmup_steps=5, max_turn_tokens=96, max_context=2048,
-            tools="candidates_analyze,get_session_behavior,get_similar_users", steps=30, kl_coef=0.01,
+GRPO = dict(batch_size=16, group_size=4, lr=1.5e-4, warmup_steps=5, max_turn_tokens=96, max_context=2048,
+            tools="get_session_behavior,get_similar_users", steps=30, kl_coef=0.01,
             eval_instances=500, checkpoint_every=10, max_tool_calls=4, eval_chunk=250)
 
 # train_ppr.py's settings on a preset checkpoint (its agent settings come from the checkpoint's train_config.json):

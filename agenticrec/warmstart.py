@@ -4,14 +4,18 @@ Not in the paper. The paper starts GRPO from Qwen3-4B-Instruct, a model that alr
 call tools and can rank a little. No such model can be downloaded here, so the CPU preset manufactures one: a tiny
 Qwen3 is trained to imitate an expert that
 
-- knows the format and the tools: thinks briefly, consults two ranking tools (``RANKING_TOOLS``), and answers with
-  the top K of the last observation's ordering line (``ordering_line``, which ``agenticrec.preset.PresetToolbox``
-  appends: it orders by every tool consulted so far), copied verbatim;
-- does not know which tools deserve trust: it draws them, in a random order, uniformly.
+- knows the format and the tools: thinks briefly, consults the ranking tools of its plan (``WarmStartConfig.plan``:
+  the similar users' taste, then co-occurrence with the history) and answers with the top K of the last
+  observation's ordering line (``ordering_line``, which ``agenticrec.preset.PresetToolbox`` appends: it orders by
+  every tool consulted so far), copied verbatim;
+- does not know whether the second tool is worth consulting: it flips a coin (``further_call``), whatever the
+  instance.
 
-Which pair of tools to consult is the headroom GRPO must find (on Games valid, NDCG@10: popularity 0.53, the similar
-users' taste 0.64, co-occurrence with the history 0.64 alone and 0.68 with the similar users' taste breaking its
-ties).
+Whether to consult it is the headroom GRPO must find: on Games train the expected reward of the similar users'
+order is 0.629, of co-occurrence with their taste breaking its ties 0.699 (``benchmarks/tool_headroom.py`` measures
+these orders). One decision, after one observation, is what GRPO's samples can resolve in a few hundred groups: the
+two orders differ on a third of the instances, by +0.07 on average with a per-instance spread of 0.31.
+
 ../shared/cpu-preset-notes.md: an expert that copies a perfect tool leaves GRPO nothing to learn, and an
 under-trained warm start gives it no valid answers to learn from. Two phases:
 
@@ -58,9 +62,10 @@ class WarmStartConfig:
     drill_batch_size: int = 32
     max_steps: int = 1500  # an upper bound; the gate normally stops it earlier
     check_every: int = 25  # steps between gate checks
-    gate_valid_rate: float = 0.8  # valid-answer rate required of rollouts SAMPLED as GRPO will sample them
+    gate_valid_rate: float = 0.95  # valid-answer rate required of rollouts SAMPLED as GRPO will sample them
     gate_instances: int = 64
-    second_call: float = 1.0  # how often the expert consults a second ranking tool (it answers after the last)
+    plan: tuple[str, ...] = ("get_similar_users", "get_session_behavior")  # the expert's ranking tools, in order
+    further_call: float = 0.3  # the chance that the expert consults the plan's next tool (it answers after the last)
     seed: int = 0
 
 
@@ -81,20 +86,24 @@ def ordering_of(observation: str) -> list[int] | None:
 
 
 def expert_trajectory(tokenizer, data: Dataset, toolbox: Toolbox, instance: Instance, cfg: AgentConfig,
-                      rng: random.Random, second_call: float = 1.0) -> tuple[list[int], list[int]]:
+                      rng: random.Random, plan: tuple[str, ...] = WarmStartConfig.plan,
+                      further_call: float = WarmStartConfig.further_call) -> tuple[list[int], list[int]]:
     """(ids, loss mask) of one expert trajectory, built exactly as the rollout builds a policy's.
 
-    The expert consults two distinct enabled ranking tools (one with probability 1 - ``second_call``), drawn
-    uniformly in a random order, and answers with the top K of the LAST observation's ordering, copied verbatim
-    (under the preset that line orders by every tool consulted so far). It knows the format and the tools; it does
-    not know which tools deserve trust: that is the headroom GRPO must find, and drawing every pair alike lets
-    GRPO's samples meet each of them.
+    The expert consults the enabled tools of ``plan`` in order: the first always, each next one with probability
+    ``further_call`` (it stops at the first it skips), and answers with the top K of the LAST observation's
+    ordering, copied verbatim (under the preset that line orders by every tool consulted so far). It knows the
+    format and the tools; whether a further tool is worth consulting it decides by a coin, never by the instance:
+    that is the headroom GRPO must find, and the coin lets GRPO's samples meet both choices.
     """
-    available = [name for name in RANKING_TOOLS if name in toolbox.names]
-    if not available:
-        raise ValueError(f"the expert needs one of the ranking tools {list(RANKING_TOOLS)}; enabled: "
-                         f"{sorted(toolbox.names)}")
-    calls = rng.sample(available, min(len(available), 2 if rng.random() < second_call else 1))
+    calls = [name for name in plan if name in toolbox.names and name in RANKING_TOOLS]
+    if not calls:
+        raise ValueError(f"the expert's plan {list(plan)} needs one of the ranking tools {list(RANKING_TOOLS)}; "
+                         f"enabled: {sorted(toolbox.names)}")
+    taken = 1
+    while taken < len(calls) and rng.random() < further_call:
+        taken += 1
+    calls = calls[:taken]
     ids = build_prompt(tokenizer, instance, data, toolbox, cfg)
     mask = [0] * len(ids)
     context, earlier = context_for(instance, data), ()
@@ -164,7 +173,8 @@ def warm_start(model, tokenizer, data: Dataset, toolbox: Toolbox, train: list[In
         log.info("warm start: copy drill done, %d steps, loss %.3f", cfg.drill_steps, loss)
     bar = tqdm(range(1, cfg.max_steps + 1), desc="warm start: expert", leave=False)
     for step in bar:
-        batch = [expert_trajectory(tokenizer, data, toolbox, rng.choice(train), agent_cfg, rng, cfg.second_call)
+        batch = [expert_trajectory(tokenizer, data, toolbox, rng.choice(train), agent_cfg, rng, cfg.plan,
+                                   cfg.further_call)
                  for _ in range(cfg.batch_size)]
         loss = _sft_step(model, optimizer, batch, device)
         if step % cfg.check_every == 0:

@@ -240,7 +240,7 @@ def preset_scripts(tmp_path_factory):
     toolbox = preset.PresetToolbox(data, RandomSASRec(len(data.items)))
     cfg = AgentConfig(temperature=0.0, max_turn_tokens=200, max_context=4096)
     instances, rng = data.fixed_instances("valid")[:200], random.Random(0)
-    scripts = [expert_trajectory(tokenizer, prompt_data, toolbox, x, cfg, rng, second_call=0.3) for x in instances]
+    scripts = [expert_trajectory(tokenizer, prompt_data, toolbox, x, cfg, rng, further_call=0.3) for x in instances]
     return tokenizer, prompt_data, toolbox, cfg, instances, scripts
 
 

@@ -1,5 +1,5 @@
 """The CPU preset's scripted expert: its trajectories are exactly what the rollout builds for the same actions,
-its answer copies the last ordering line, and it consults two tools, in every order alike."""
+its answer copies the last ordering line, and it follows its plan: the first tool always, each next one by a coin."""
 
 import random
 import re
@@ -11,7 +11,7 @@ from agenticrec.agent import AgentConfig, Rollout
 from agenticrec.engine import Engine
 from agenticrec.policy import sft_loss
 from agenticrec.preset import PresetToolbox
-from agenticrec.warmstart import RANKING_TOOLS, copy_drill, expert_trajectory, ordering_of
+from agenticrec.warmstart import RANKING_TOOLS, WarmStartConfig, copy_drill, expert_trajectory, ordering_of
 from test_agent import INSTANCE, ScriptedModel
 from test_tools import FakeSASRec, tiny
 
@@ -26,13 +26,14 @@ def box():
 
 @pytest.mark.parametrize("seed", range(8))
 def test_expert_trajectory_is_what_the_rollout_builds(tokenizer, box, seed):
-    ids, mask = expert_trajectory(tokenizer, box.data, box, INSTANCE, CFG, random.Random(seed))
+    plan = ("get_similar_items", "candidates_analyze")  # one call with an argument, then one without
+    ids, mask = expert_trajectory(tokenizer, box.data, box, INSTANCE, CFG, random.Random(seed), plan, 1.0)
     [t] = Rollout(Engine(ScriptedModel(ids, len(tokenizer)), 4000), tokenizer, box.data, box, CFG).run([INSTANCE])
     assert (t.ids, t.mask) == (ids, mask)  # the same tokens, and mask 1 exactly where the rollout samples
     assert t.invalid_reason is None and t.tool_errors == 0
     copied = ordering_of(t.tool_calls[-1].observation)[:5]
     assert t.ranking == tuple(INSTANCE.candidates[n - 1] for n in copied)
-    assert t.tool_calls[-1].name in RANKING_TOOLS and len(t.tool_calls) == 2
+    assert [c.name for c in t.tool_calls] == list(plan) and all(name in RANKING_TOOLS for name in plan)
 
 
 def _expert_calls(tokenizer, box, n, rng, **kwargs):
@@ -43,20 +44,24 @@ def _expert_calls(tokenizer, box, n, rng, **kwargs):
         yield tuple(names)
 
 
-def test_expert_consults_two_tools_in_every_order_alike(tokenizer):
+def test_expert_consults_its_plan_in_order_each_further_tool_by_a_coin(tokenizer):
     box = PresetToolbox(tiny(), FakeSASRec(), enabled=("candidates_analyze", "get_session_behavior",
                                                           "get_similar_users"))
-    paths = Counter(_expert_calls(tokenizer, box, 900, random.Random(0)))  # WarmStartConfig.second_call: 1
-    assert len(paths) == 6 and all(len(path) == 2 for path in paths)  # 3 tools: 6 ordered pairs
-    assert all(abs(count / 900 - 1 / 6) < 0.04 for count in paths.values()), paths
+    first, second = WarmStartConfig.plan
+    paths = Counter(_expert_calls(tokenizer, box, 1000, random.Random(0)))  # the defaults
+    assert set(paths) == {(first,), (first, second)}
+    assert abs(paths[(first, second)] / 1000 - WarmStartConfig.further_call) < 0.05, paths
+    plan = ("candidates_analyze", "get_session_behavior", "get_similar_users")
+    paths = Counter(_expert_calls(tokenizer, box, 1000, random.Random(1), plan=plan, further_call=0.5))
+    # it stops at the first tool it skips: one tool 1/2, two 1/4, three 1/4
+    assert set(paths) == {plan[:1], plan[:2], plan}
+    assert all(abs(paths[plan[:n]] / 1000 - p) < 0.05 for n, p in ((1, 0.5), (2, 0.25), (3, 0.25))), paths
 
 
-def test_with_second_call_one_half_the_expert_consults_one_tool_half_the_time(tokenizer, box):
-    paths = Counter(_expert_calls(tokenizer, box, 900, random.Random(1), second_call=0.5))
-    singles = {path: count for path, count in paths.items() if len(path) == 1}
-    assert sorted(path[0] for path in singles) == sorted(box.names)
-    assert abs(sum(singles.values()) / 900 - 0.5) < 0.05
-    assert all(abs(count / 900 - 1 / 6) < 0.04 for count in singles.values()), singles  # each tool alike
+def test_expert_skips_the_tools_of_its_plan_that_are_not_enabled(tokenizer, box):
+    paths = Counter(_expert_calls(tokenizer, box, 50, random.Random(2), plan=("get_session_behavior",
+                                                                               "get_similar_users"), further_call=1.0))
+    assert paths == {("get_similar_users",): 50}  # get_session_behavior is not enabled in ``box``
 
 
 def test_expert_needs_a_ranking_tool(tokenizer):
