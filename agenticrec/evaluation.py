@@ -207,13 +207,13 @@ def quality_table(rows: dict[str, dict]) -> str:
 def paired_table(rows: dict[str, dict], seed: int = 0) -> str:
     """Markdown: the first row minus each other row on H@1 and N@10, per instance on the same instances, with a
     paired 95% bootstrap CI (``stats.paired_bootstrap``); a CI excluding 0 is a difference the sample supports."""
-    (first, head), *others = rows.items()
+    per_instance = {name: [ranking_metrics(r) for r in row["ranks"]] for name, row in rows.items()}
+    (first, head), *others = per_instance.items()
     lines = [f"| {first} minus | H@1 | N@10 |", "|---|---|---|"]
-    for name, row in others:
+    for name, values in others:
         cells = []
         for metric in ("H@1", "N@10"):
-            a, b = ([ranking_metrics(r)[metric] for r in x["ranks"]] for x in (row, head))
-            d = paired_bootstrap(a, b, seed=seed)
+            d = paired_bootstrap([m[metric] for m in values], [m[metric] for m in head], seed=seed)
             cells.append(f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -250,7 +250,7 @@ class TitleIndex:
         if exact is not None:
             return exact
         query = frozenset(self.tokenize(text))
-        rare = sorted((t for t in query if t in self.df), key=self.df.get)[:3]  # candidates share a rare token
+        rare = sorted((t for t in query if t in self.df), key=lambda t: (self.df[t], t))[:3]  # candidates share one
         pool = {i for t in rare for i in self.by_token[t][:5000]}
         scored = [(len(query & self.tokens[i]) / len(query | self.tokens[i]), -i) for i in pool]
         best = max(scored, default=None)
@@ -259,7 +259,8 @@ class TitleIndex:
     def keywords(self, item: int, n: int = 2) -> list[str]:
         """The item's n most distinctive title words (rarest first): a category stand-in for title-only data."""
         words = [t for t in self.tokens[item] if t not in STOPWORDS and not t.isdigit() and len(t) > 2]
-        return sorted(words, key=lambda t: (self.df.get(t, 0) == 1, self.df.get(t, 0) < 3, -self.df.get(t, 0)))[:n]
+        # ties by the word itself: a set's order changes with each process's string-hash seed
+        return sorted(words, key=lambda t: (self.df.get(t, 0) == 1, self.df.get(t, 0) < 3, -self.df.get(t, 0), t))[:n]
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -177,7 +177,8 @@ def main() -> None:
     fit, held = slice(0, n // 2), slice(n // 2, n)
 
     print(f"{args.dataset}, {args.split} split, first {n} instances: the target's rank in each order\n")
-    sasrec_ranks = np.array(baselines.target_ranks(data, instances, lambda xs: score_candidates(sasrec, xs)))
+    sasrec_scores = score_candidates(sasrec, instances)
+    sasrec_ranks = np.array(baselines.target_ranks(data, instances, lambda xs: sasrec_scores))
     table({**{f"{name}, copied": r for name, r in ranks.items()}, COOCCURRENCE: cooc_ranks,
            "SASRec (baseline)": sasrec_ranks,
            "oracle over the three tools": np.min(list(ranks.values()), axis=0),
@@ -197,15 +198,15 @@ def main() -> None:
            "oracle over the three tools and co-occurrence": np.min(list(with_cooc.values()), axis=0)[held]},
           against=ranks[best][held])
 
-    differ = np.exp(all_features["co-occurrence margin"]) > 1.5  # log1p(margin) > log 1.5: the top two differ
+    top_two = [sorted(counts)[-2:] for counts in cooc]
+    differ = np.array([second < top for second, top in top_two])  # co-occurrence names one best candidate
     taste = [preset.ORDERING_SCORES["get_similar_users"][1](box, context_for(x, data), {}) for x in instances]
     print(f"against SASRec, all {n} instances: choosing one order, and merging two\n")
     table({"co-occurrence if its top two counts differ, else similar users' taste":
            np.where(differ, cooc_ranks, ranks["similar users' taste"]),
            "co-occurrence if its top two counts differ, else SASRec": np.where(differ, cooc_ranks, sasrec_ranks),
            "merged: co-occurrence, ties by the similar users' taste": merged_ranks(instances, cooc, taste),
-           "merged: co-occurrence, ties by SASRec": merged_ranks(instances, cooc,
-                                                                 score_candidates(sasrec, instances))},
+           "merged: co-occurrence, ties by SASRec": merged_ranks(instances, cooc, sasrec_scores)},
           against=sasrec_ranks, label="SASRec")
 
 

@@ -178,6 +178,19 @@ def test_a_preset_checkpoint_brings_its_layer_to_train_ppr_and_evaluate(tmp_path
     assert eval_cfg == evaluate.Config(checkpoint=str(folder), frozen=str(warm), **agent)
 
 
+def test_evaluate_sets_each_tool_order_copied_beside_the_baselines_under_the_preset(boxes, monkeypatch):
+    paper, box = boxes
+    monkeypatch.setattr(evaluate.Systems, "sasrec_scorer", lambda self: lambda xs: [[0.0] * 5 for _ in xs])
+    x = Instance("ann", list(CTX.history), 2, list(CTX.candidates), position=5)  # item 2 is candidate 4
+    systems = object.__new__(evaluate.Systems)  # the rows only: no models, no SASRec training
+    systems.cfg, systems.data, systems.toolbox = evaluate.Config(), box.data, box
+    rows = systems.baselines([x])
+    assert rows["candidates_analyze, copied"]["ranks"] == [1]  # popularity order 4, 1, 2, 5, 3
+    assert rows["get_similar_users, copied"]["ranks"] == [3]  # taste order 5, 1, 4, 2, 3
+    systems.toolbox = paper
+    assert not [name for name in systems.baselines([x]) if "copied" in name]
+
+
 def test_agent_config_is_built_in_one_place():
     cfg = train_grpo.Config(tools="none", max_tool_calls=3, max_turn_tokens=7, max_context=99, temperature=0.9)
     from agenticrec.trainer import agent_config

@@ -181,3 +181,33 @@ def test_schemas_are_qwen3_tool_format(box):
     assert [s["function"]["name"] for s in schemas] == [t.name for t in TOOLS]
     assert all(s["type"] == "function" and s["function"]["parameters"]["type"] == "object" for s in schemas)
     json.dumps(schemas)
+
+
+HASH_SEED_SCRIPT = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from test_tools import CTX, FakeSASRec, tiny
+from agenticrec.tools import Toolbox
+data = tiny()
+for item in data.items:  # title keywords stand in for categories: ties among them must not follow set order
+    item.pop("categories", None)
+box = Toolbox(data, FakeSASRec())
+for name, arguments in [("get_user_profile", {}), ("candidates_analyze", {}), ("get_session_behavior", {}),
+                        ("get_rating_behavior", {}), ("get_similar_items", {"item_title": "h1"}),
+                        ("get_similar_users", {}), ("item_info_search", {"item_name": "breath wild zelda"})]:
+    print(box.call(name, arguments, CTX).text)
+"""
+
+
+def test_observations_do_not_depend_on_the_string_hash_seed():
+    """Python salts str hashes per process (PYTHONHASHSEED), so iterating a set of words gives another order in
+    another process: an observation built that way differs between two runs of the same command."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    outputs = [subprocess.run([sys.executable, "-c", HASH_SEED_SCRIPT, str(Path(__file__).parent)], check=True,
+                              capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2", "3", "4")]
+    assert "title keywords" in outputs[0] and "Zelda" in outputs[0]
+    assert outputs[1:] == outputs[:1] * 3
