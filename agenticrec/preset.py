@@ -167,7 +167,8 @@ class PresetToolbox(Toolbox):
         for call in (*earlier, (tool.name, arguments)):
             if call[0] in ORDERING_SCORES and call not in consulted:
                 consulted.append(call)
-        consulted.sort(key=lambda call: list(ORDERING_SCORES).index(call[0]))  # stable: one tool on two items keeps call order
+        # stable: one tool called on two items keeps the call order
+        consulted.sort(key=lambda call: list(ORDERING_SCORES).index(call[0]))
         keys = [ORDERING_SCORES[name][1](self, context, args) for name, args in consulted]
         keys.append(_popularity(self, context, {}))
         order = sorted(range(len(context.candidates)), key=lambda j: [-key[j] for key in keys] + [j])
