@@ -45,7 +45,7 @@ PRESET_MODEL = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2,
 # little at the paper's 1e-6) and the paper's KL coefficient 1e-3 (at 0.01 the pull back to the warm start undid
 # the second tool's gain within 15 steps); a budget of steps, not of time; evaluation calls of 250 instances.
 GRPO = dict(batch_size=16, group_size=4, lr=1.5e-4, warmup_steps=5, max_turn_tokens=96, max_context=2048,
-            tools="get_session_behavior,get_similar_users", steps=30,
+            tools="get_session_behavior,get_similar_users", steps=24,
             eval_instances=500, checkpoint_every=10, max_tool_calls=4, eval_chunk=250)
 
 # train_ppr.py's settings on a preset checkpoint (its agent settings come from the checkpoint's train_config.json):
