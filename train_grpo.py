@@ -43,7 +43,8 @@ from agenticrec.reward import ranking_metrics
 from agenticrec.trainer import (DataStream, MetricsLog, Objective, Sampling, TrainingConfig, agent_config,
                                 collect_groups, evaluate_and_save, group_stats, load_policy, make_rollout,
                                 make_toolbox, reference_policy, release_rollout, start_run, summarize,
-                                sync_rollout, update, update_metrics, warmup_schedule)
+                                sync_rollout, tool_path_stats, update, update_metrics,
+                                warmup_schedule)
 
 log = logging.getLogger("train_grpo")
 
@@ -184,7 +185,8 @@ def step_record(run: Run, step: int, batch, stats: dict, rollout_s: float, updat
     record = {"step": step + 1, "lr": run.scheduler.get_last_lr()[0], **summarize(batch.trajectories, info),
               **group_stats(batch.trajectories, run.cfg.group_size, info), **update_metrics(stats, info),
               "dropped_groups": D.all_reduce_sum([batch.dropped], info)[0],
-              "padded_groups": D.all_reduce_sum([batch.padded], info)[0], "rollout_s": rollout_s, "update_s": update_s}
+              "padded_groups": D.all_reduce_sum([batch.padded], info)[0], "rollout_s": rollout_s, "update_s": update_s,
+              "tool_paths": tool_path_stats(batch.trajectories, run.cfg.group_size, info)}
     record["tokens_per_s"] = record["n"] * (record["generated"] + record["observation"]) / max(1e-9,
                                                                                                 rollout_s + update_s)
     return record

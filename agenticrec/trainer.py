@@ -516,3 +516,23 @@ def group_stats(trajectories, group_size: int, info: D.DistInfo) -> dict:
                           float(len(rewards)), float(rewards.sum()), float((rewards ** 2).sum())], info)
     n = max(1.0, s[0] * group_size)
     return {"zero_std_groups": s[1] / max(1.0, s[0]), "reward_std": max(0.0, s[3] / n - (s[2] / n) ** 2) ** 0.5}
+
+
+def tool_path_stats(trajectories, group_size: int, info: D.DistInfo) -> dict:
+    """For each tool path (the called tools' names in order, "none" for an answer without a call) over every group
+    rolled out this step, reduced over ranks: how many rollouts took it, their mean reward, and their mean
+    group-mean advantage (reward minus its group's mean: what the update pushes towards, path by path). A path
+    that GRPO favours has a positive mean advantage; one the policy drifts to with a negative one is noise winning."""
+    sums: dict[str, list[float]] = {}
+    for start in range(0, len(trajectories), group_size):
+        group = trajectories[start:start + group_size]
+        mean = sum(t.reward for t in group) / len(group)
+        for t in group:
+            path = ">".join(c.name for c in t.tool_calls) or "none"
+            s = sums.setdefault(path, [0.0, 0.0, 0.0])
+            s[0], s[1], s[2] = s[0] + 1, s[1] + t.reward, s[2] + t.reward - mean
+    merged: dict[str, list[float]] = {}
+    for part in D.all_gather_objects(sums, info):
+        for path, s in part.items():
+            merged[path] = [a + b for a, b in zip(merged.get(path, [0.0, 0.0, 0.0]), s)]
+    return {path: {"n": n, "reward": r / n, "advantage": a / n} for path, (n, r, a) in sorted(merged.items())}

@@ -17,11 +17,11 @@ import pytest
 import torch
 
 from agenticrec import distributed as D
-from agenticrec.agent import Trajectory
+from agenticrec.agent import ToolCallRecord, Trajectory
 from agenticrec.data import Instance
 from agenticrec.model import Qwen3, Qwen3Config
-from agenticrec.trainer import (GroupBatch, Objective, Sampling, collect_groups, group_tensors, update,
-                                update_metrics)
+from agenticrec.trainer import (GroupBatch, Objective, Sampling, collect_groups, group_tensors, tool_path_stats,
+                                update, update_metrics)
 
 SINGLE = D.DistInfo(0, 1, 0, torch.device("cpu"), None)
 INSTANCE = Instance("u", [1, 2], 3, [3, 4, 5], position=2)
@@ -293,3 +293,18 @@ def test_dynamic_sampling_without_refill_rounds_pads_at_once():
     users, weights, _, dropped, padded, calls = collect(drop_all_equal=False, refill_rounds=0)
     assert calls == [["mixed", "negative", "equal"]]
     assert users == ["mixed", "equal", "negative"] and weights == [1.0, 1.0, 0.0] and (dropped, padded) == (1, 1)
+
+
+def test_tool_path_stats_by_hand():
+    """Two groups of two: the advantage of a path is its rollouts' reward minus THEIR group's mean, averaged."""
+    def rollout(tools: list[str], reward: float) -> Trajectory:
+        t = Trajectory(INSTANCE, 0, [1, 2], [0, 1], [0.0, 0.0], 1, reward=reward)
+        t.tool_calls = [ToolCallRecord(name, {}, None, 0.0, "", 0) for name in tools]
+        return t
+    trajectories = [rollout(["a", "b"], 1.0), rollout([], 0.0),  # group mean 0.5
+                    rollout(["a", "b"], 0.2), rollout(["b"], 0.6)]  # group mean 0.4
+    stats = tool_path_stats(trajectories, 2, SINGLE)
+    assert list(stats) == ["a>b", "b", "none"]
+    assert stats["a>b"] == pytest.approx({"n": 2, "reward": 0.6, "advantage": (0.5 - 0.2) / 2})
+    assert stats["b"] == pytest.approx({"n": 1, "reward": 0.6, "advantage": 0.2})
+    assert stats["none"] == pytest.approx({"n": 1, "reward": 0.0, "advantage": -0.5})
