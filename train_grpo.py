@@ -43,8 +43,7 @@ from agenticrec.reward import ranking_metrics
 from agenticrec.trainer import (DataStream, MetricsLog, Objective, Sampling, TrainingConfig, agent_config,
                                 collect_groups, evaluate_and_save, group_stats, load_policy, make_rollout,
                                 make_toolbox, reference_policy, release_rollout, start_run, summarize,
-                                sync_rollout, tool_path_stats, update, update_metrics,
-                                warmup_schedule)
+                                sync_rollout, tool_path_stats, update, update_metrics, warmup_schedule)
 
 log = logging.getLogger("train_grpo")
 
