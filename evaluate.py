@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from agenticrec import preset
 from agenticrec.agent import Rollout
 from agenticrec.baselines import cooccurrence_scorer, popularity_scorer, random_scorer
-from agenticrec.checkpoint import read_train_config
+from agenticrec.checkpoint import CHECKPOINT_SETTINGS, read_train_config
 from agenticrec.cli import option, parse_flags
 from agenticrec.data import build_instances, instances_path, load_dataset, load_instances
 from agenticrec.engine import Engine
@@ -44,7 +44,6 @@ from agenticrec.trainer import CPU_KV_BUDGET_GB, agent_config, make_toolbox, row
 
 log = logging.getLogger("evaluate")
 TABLES = ("main", "ablation", "tools", "scaling")
-AGENT_SETTINGS = ("tools", "max_tool_calls", "max_turn_tokens", "max_context")  # also train_config.json's names
 
 
 @dataclass
@@ -81,8 +80,8 @@ class Config:
 
 
 def parse_args(argv=None) -> tuple[Config, dict | None]:
-    """(Config, the checkpoint's preset layer or None). The agent settings and --profiles default to those in the
-    checkpoint's train_config.json, the frozen policy of a preset checkpoint to its warm start; flags override."""
+    """(Config, the checkpoint's preset layer or None). The dataset, agent settings and --profiles default to those in
+    the checkpoint's train_config.json, the frozen policy of a preset checkpoint to its warm start; flags override."""
     given = parse_flags(Config, __doc__.splitlines()[0], argv)
     saved = read_train_config(given["checkpoint"]) if given.get("checkpoint") else None
     taken = _from_checkpoint(saved, given)
@@ -104,7 +103,7 @@ def _from_checkpoint(saved: dict | None, given: dict) -> dict:
     """The settings not given on the command line that the checkpoint's train_config.json supplies."""
     if saved is None:
         return {}
-    taken = {k: saved["config"][k] for k in AGENT_SETTINGS if k in saved["config"]}
+    taken = {k: saved["config"][k] for k in CHECKPOINT_SETTINGS if k in saved["config"]}
     if saved.get("profiles"):
         taken["profiles"] = saved["profiles"]
     layer = saved.get("preset")

@@ -43,7 +43,8 @@ from tqdm.auto import tqdm
 from agenticrec import distributed as D
 from agenticrec import preset
 from agenticrec.agent import Rollout
-from agenticrec.checkpoint import export, load_checkpoint, read_train_config, save_checkpoint, train_config
+from agenticrec.checkpoint import (CHECKPOINT_SETTINGS, export, load_checkpoint, read_train_config,
+                                   save_checkpoint, train_config)
 from agenticrec.cli import option, parse_flags
 from agenticrec.data import load_dataset, load_instances
 from agenticrec.policy import sft_loss
@@ -85,16 +86,13 @@ class Config(TrainingConfig):
     drop_all_equal: bool = option(True, "drop groups with equal rewards (no signal with 0 / 1 rewards)")
 
 
-AGENT_SETTINGS = ("tools", "max_tool_calls", "max_turn_tokens", "max_context")  # read from the stage-1 checkpoint
-
-
 def parse_args(argv=None) -> tuple[Config, dict]:
     """(Config, the settings taken from the stage-1 checkpoint). Layers, last wins: the defaults; the stage-1
-    checkpoint's agent settings (its train_config.json); on a preset checkpoint the PPR preset
+    checkpoint's dataset and agent settings (its train_config.json, CHECKPOINT_SETTINGS); on a preset checkpoint the PPR preset
     (agenticrec.preset.PPR); the given flags."""
     given = parse_flags(Config, __doc__.splitlines()[0], argv)
     saved = read_train_config(given.get("model", Config.model)) or {"config": {}, "preset": None}
-    taken = {k: saved["config"][k] for k in AGENT_SETTINGS if k in saved["config"]}
+    taken = {k: saved["config"][k] for k in CHECKPOINT_SETTINGS if k in saved["config"]}
     taken.update(preset.PPR if saved["preset"] else {})
     cfg = Config(**{**taken, **given})
     if cfg.objective not in ("grpo", "logistic"):

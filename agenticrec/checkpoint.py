@@ -102,6 +102,11 @@ def train_config(script: str, cfg, preset: dict | None, **extra) -> dict:
     return {"script": script, "config": dataclasses.asdict(cfg), "preset": preset, **extra}
 
 
+# What a later stage (train_ppr.py, evaluate.py) takes from a checkpoint's train_config.json unless a flag gives it:
+# the dataset the policy was trained on and the agent's tools and budgets (the names of both scripts' Configs).
+CHECKPOINT_SETTINGS = ("dataset", "tools", "max_tool_calls", "max_turn_tokens", "max_context")
+
+
 def read_train_config(folder) -> dict | None:
     """The ``train_config.json`` a checkpoint folder carries, or None (a folder not written by our trainers)."""
     path = Path(folder) / TRAIN_CONFIG

@@ -154,12 +154,18 @@ def saved_checkpoint(folder, script, cfg, layer, **extra):
     return folder
 
 
-def test_train_ppr_on_a_paper_checkpoint_takes_only_its_agent_settings(tmp_path):
-    stage1 = train_grpo.Config(model="/models/qwen", tools="get_user_profile", max_context=4096, lr=3e-6)
+def test_train_ppr_and_evaluate_on_a_paper_checkpoint_take_only_its_dataset_and_agent_settings(tmp_path):
+    stage1 = train_grpo.Config(model="/models/qwen", dataset="beauty", tools="get_user_profile", max_context=4096,
+                               lr=3e-6)
     folder = saved_checkpoint(tmp_path / "final", "train_grpo.py", stage1, None)
     cfg, taken = train_ppr.parse_args(["--model", str(folder), "--max-context", "8192"])
-    assert taken == {"tools": "get_user_profile", "max_tool_calls": 10, "max_turn_tokens": 512}
-    assert cfg == train_ppr.Config(model=str(folder), tools="get_user_profile", max_context=8192)
+    assert taken == {"dataset": "beauty", "tools": "get_user_profile", "max_tool_calls": 10, "max_turn_tokens": 512}
+    assert cfg == train_ppr.Config(model=str(folder), dataset="beauty", tools="get_user_profile", max_context=8192)
+    eval_cfg, layer = evaluate.parse_args(["--checkpoint", str(folder), "--split", "valid"])
+    assert layer is None and eval_cfg == evaluate.Config(checkpoint=str(folder), dataset="beauty", split="valid",
+                                                         tools="get_user_profile", max_context=4096)
+    other, _ = evaluate.parse_args(["--checkpoint", str(folder), "--dataset", "games"])  # a flag overrides
+    assert other.dataset == "games"
     plain, taken = train_ppr.parse_args(["--model", str(tmp_path)])  # no train_config.json: the defaults
     assert plain == train_ppr.Config(model=str(tmp_path)) and taken == {}
 
@@ -170,7 +176,8 @@ def test_a_preset_checkpoint_brings_its_layer_to_train_ppr_and_evaluate(tmp_path
     saved_checkpoint(warm, "", stage1, None)
     folder = saved_checkpoint(tmp_path / "run" / "final", "train_grpo.py", stage1, preset.layer(warm))
     cfg, taken = train_ppr.parse_args(["--model", str(folder), "--epochs", "2"])
-    agent = {k: preset.GRPO[k] for k in ("tools", "max_tool_calls", "max_turn_tokens", "max_context")}
+    agent = {"dataset": "games", **{k: preset.GRPO[k] for k in ("tools", "max_tool_calls", "max_turn_tokens",
+                                                                  "max_context")}}
     assert cfg == train_ppr.Config(**{"model": str(folder), **agent, **preset.PPR, "epochs": 2.0})
     assert taken == {**agent, **{k: v for k, v in preset.PPR.items() if k != "epochs"}}
     eval_cfg, layer = evaluate.parse_args(["--checkpoint", str(folder)])
