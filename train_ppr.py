@@ -88,8 +88,8 @@ class Config(TrainingConfig):
 
 def parse_args(argv=None) -> tuple[Config, dict]:
     """(Config, the settings taken from the stage-1 checkpoint). Layers, last wins: the defaults; the stage-1
-    checkpoint's dataset and agent settings (its train_config.json, CHECKPOINT_SETTINGS); on a preset checkpoint the PPR preset
-    (agenticrec.preset.PPR); the given flags."""
+    checkpoint's dataset and agent settings (its train_config.json, CHECKPOINT_SETTINGS); on a preset checkpoint
+    the PPR preset (agenticrec.preset.PPR); the given flags."""
     given = parse_flags(Config, __doc__.splitlines()[0], argv)
     saved = read_train_config(given.get("model", Config.model)) or {"config": {}, "preset": None}
     taken = {k: saved["config"][k] for k in CHECKPOINT_SETTINGS if k in saved["config"]}
