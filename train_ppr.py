@@ -13,13 +13,13 @@ How this differs from the paper's description (docs/ppr.md has the math):
    c+ minus that of c- (MORE), and of c- minus c+ (LESS), in the context the stage-1 policy builds for the task (its
    greedy tool calls and observations, up to where its answer begins).
 4. Ablations the paper lacks: ``--unidirectional`` (MORE only) and ``--random-negatives``. Options of the logistic
-   objective (the CPU preset's, agenticrec.preset.PPR; off by default): ``--train-context-tokens`` (train on each
-   context's tail) and ``--replay-coef`` (rehearsal: an NLL on the stage-1 policy's own ranking trajectories,
-   which the logistic objective needs in place of a KL term).
+   objective (off by default): ``--train-context-tokens`` (train on each context's tail) and ``--replay-coef``
+   (rehearsal: an NLL on the stage-1 policy's own ranking trajectories, which the logistic objective needs in
+   place of a KL term).
 5. Pairwise accuracy on valid pairs mined the same way, before and after, two ways: the greedy agent's answer
-   (with tools) and the likelihood margin; the likelihood accuracy on random-negative valid pairs (a control for
-   the selection effect of mining); and the ranking task's H@1 on valid instances, each with a paired bootstrap
-   CI (out/report.json).
+   (with tools) and the likelihood margin; both again on random-negative valid pairs (a control for the selection
+   effect of mining); and the ranking task's H@1 and NDCG@10 on valid instances, each with a paired bootstrap CI
+   (out/report.json).
 6. The agent settings (tools, budgets, context) and the preset layer, if any, come from the stage-1 checkpoint's
    train_config.json unless given; every value taken from it is logged.
 """
@@ -51,6 +51,7 @@ from agenticrec.policy import sft_loss
 from agenticrec.ppr import (answer_text, bidirectional_loss, bidirectional_tasks, choice_margins, mine_pairs,
                             random_pairs, read_pairs, write_pairs)
 from agenticrec.profiles import load_profiles
+from agenticrec.reward import hit_at, ndcg_at
 from agenticrec.stats import paired_bootstrap
 from agenticrec.trainer import (DataStream, MetricsLog, Objective, Sampling, TrainingConfig, collect_groups,
                                 evaluate, greedy_rollout, greedy_run, group_stats, load_policy, make_rollout,
@@ -405,9 +406,10 @@ def evaluation(run: Run, probes: dict, valid_instances, step: int) -> dict:
     if path.is_file():
         return json.loads(path.read_text())
     ranking, ranks = evaluate(rollout, valid_instances, info, cfg.eval_chunk)
-    control = (task_margins(model, rollout.tokenizer, *probes["random"], cfg, grad=False) > 0).float()
+    control = pairwise_accuracy(model, rollout, *probes["random"], cfg)
     result = {"step": step, **pairwise_accuracy(model, rollout, *probes["mined"], cfg), "ranks": ranks,
-              "likelihood_random": control.tolist(), "likelihood_random_accuracy": float(control.mean()),
+              "agent_random": control["agent"], "agent_random_accuracy": control["agent_accuracy"],
+              "likelihood_random": control["likelihood"], "likelihood_random_accuracy": control["likelihood_accuracy"],
               "eval_H@1": ranking["eval_H@1"], "eval_N@10": ranking["eval_N@10"], "eval_valid": ranking["eval_valid"]}
     if info.is_main:
         path.parent.mkdir(exist_ok=True)
@@ -417,12 +419,14 @@ def evaluation(run: Run, probes: dict, valid_instances, step: int) -> dict:
 
 def report(out: Path, before: dict, after: dict, mining: dict, valid_mining: dict) -> dict:
     """Before vs after with paired bootstrap CIs; printed and written to out/report.json."""
-    hit1 = [[float(r == 1) for r in e["ranks"]] for e in (before, after)]
+    hit1 = [[hit_at(r or None, 1) for r in e["ranks"]] for e in (before, after)]  # rank 0: absent or invalid
+    ndcg10 = [[ndcg_at(r or None, 10) for r in e["ranks"]] for e in (before, after)]
     series = {"pairwise accuracy, agent answer (greedy, tools)": (before["agent"], after["agent"]),
               "pairwise accuracy, likelihood margin": (before["likelihood"], after["likelihood"]),
-              "control: likelihood accuracy, random negatives": (before["likelihood_random"],
-                                                                 after["likelihood_random"]),
-              "ranking H@1 on valid instances": tuple(hit1)}
+              "control, random negatives: agent answer": (before["agent_random"], after["agent_random"]),
+              "control, random negatives: likelihood margin": (before["likelihood_random"],
+                                                               after["likelihood_random"]),
+              "ranking H@1 on valid instances": tuple(hit1), "ranking N@10 on valid instances": tuple(ndcg10)}
     rows = {name: paired_bootstrap(a, b) for name, (a, b) in series.items()}
     means = {name: (float(np.mean(a)), float(np.mean(b))) for name, (a, b) in series.items()}
     lines = [f"train pairs: {mining.get('violations')} (violation rate {mining.get('violation_rate', 1.0):.3f}); "

@@ -179,3 +179,22 @@ def test_the_scoring_context_ends_where_the_last_sampled_turn_begins():
     assert train_ppr.last_turn_start(mask) == 7
     assert train_ppr.last_turn_start([0, 0, 1]) == 2 and train_ppr.last_turn_start([0, 0]) == 2
     assert train_ppr.last_turn_start([1, 1]) == 0
+
+
+def test_report_by_hand(tmp_path, capsys):
+    """Ranks 1, 7, absent -> H@1 1/3 and N@10 (1 + 1/log2(8) + 0) / 3 = 4/9; each accuracy row is its list's mean."""
+    before = {"ranks": [1, 7, 0], "agent": [0.0, 1.0], "likelihood": [1.0, 1.0], "agent_random": [1.0, 0.0],
+              "likelihood_random": [0.0, 0.0]}
+    after = {"ranks": [1, 1, 0], "agent": [1.0, 1.0], "likelihood": [1.0, 0.0], "agent_random": [0.0, 0.0],
+             "likelihood_random": [1.0, 0.0]}
+    rows = train_ppr.report(tmp_path, before, after, {"violations": 1}, {"violations": 1})["rows"]
+    expected = {"pairwise accuracy, agent answer (greedy, tools)": (0.5, 1.0),
+                "pairwise accuracy, likelihood margin": (1.0, 0.5),
+                "control, random negatives: agent answer": (0.5, 0.0),
+                "control, random negatives: likelihood margin": (0.0, 0.5),
+                "ranking H@1 on valid instances": (1 / 3, 2 / 3), "ranking N@10 on valid instances": (4 / 9, 2 / 3)}
+    assert set(rows) == set(expected)
+    for name, (b, a) in expected.items():
+        assert (rows[name]["before"], rows[name]["after"]) == pytest.approx((b, a)), name
+        assert rows[name]["diff"] == pytest.approx(a - b), name
+    assert "ranking N@10 on valid instances" in capsys.readouterr().out
