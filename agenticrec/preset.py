@@ -38,24 +38,22 @@ PRESET_MODEL = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2,
                     max_position_embeddings=4096)
 
 # train_grpo.py's settings under --model preset: the two ranking tools whose merge beats every single order
-# (co-occurrence with the history, the similar users' taste breaking its ties; the expert consults the second by a
-# coin); 16 groups of G 4 (the rollouts of a group that take the same path copy the same line and share a reward,
+# (co-occurrence with the history, the similar users' taste breaking its ties; the expert consults the second in
+# 40 % of its trajectories); 16 groups of G 4 (the rollouts of a group that take the same path copy the same line and share a reward,
 # so what the update learns from is the contrast between paths: 16 x 4 gives ~1.75x more such contrasts than the
 # paper's 8 x 8 for the same tokens); budgets that keep prompts near 700 tokens; lr 1.5e-4 (the tiny model moves
 # little at the paper's 1e-6) and the paper's KL coefficient 1e-3 (at 0.01 the pull back to the warm start undid
-# the second tool's gain within 15 steps); a budget of steps, not of time; evaluation calls of 250 instances.
+# the second tool's gain within 15 steps); a budget of steps, not of time; evaluations of 300 valid instances.
 GRPO = dict(batch_size=16, group_size=4, lr=1.5e-4, warmup_steps=5, max_turn_tokens=96, max_context=2048,
             tools="get_session_behavior,get_similar_users", steps=24,
-            eval_instances=500, checkpoint_every=10, max_tool_calls=4, eval_chunk=250)
+            eval_instances=300, checkpoint_every=10, max_tool_calls=4, eval_chunk=300)
 
 # train_ppr.py's settings on a preset checkpoint (its agent settings come from the checkpoint's train_config.json):
-# mining 4,000 train instances and the logistic objective (the tiny stage-1 model was never taught to answer A / B
-# questions, so its sampled answers are invalid and GRPO would see no signal; the likelihood margin needs none). The
-# loss sits at 2 log 2 for a few hundred steps before the model learns to read MORE / LESS, hence lr 3e-3 and 6
-# epochs; the last 200 tokens of each context (question, tool call, observation) are enough and make the escape
-# faster (on whole contexts: none in 790 steps); rehearsal keeps the ranking format (without it: 0 valid).
-PPR = dict(objective="logistic", mine_instances=4000, batch_size=32, lr=3e-3, warmup_steps=5, epochs=6.0,
-           train_context_tokens=200, replay_coef=1.0, checkpoint_every=100, eval_chunk=250)
+# the paper's objective (GRPO on the A / B questions, reward 1 / 0; the warm start taught the format: the expert
+# answers them from its tools' ordering line, agenticrec.warmstart.choice_task) at stage 1's batch shape, learning
+# rate and KL; pairs mined from 1,000 train instances (~550 violations, 1,100 tasks: more than 30 steps of 16 use).
+PPR = dict(objective="grpo", mine_instances=1000, batch_size=16, group_size=4, lr=1.5e-4, warmup_steps=5, steps=30,
+           valid_mine_instances=500, eval_instances=500, checkpoint_every=10, eval_chunk=250)
 
 TITLE_CHARS = 24  # titles in prompts are cut here (with "…")
 
@@ -233,6 +231,8 @@ def preset_tokenizer(data, folder, vocab_size: int = 4096, split_digits: bool = 
              "The user's history, oldest first:", "Candidates:", "Rank the candidates for this user.",
              "<answer>\\boxed{[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}</answer>", "assistant\n<think>",
              "I follow the last ranking.", "Past interactions, most first:", "best first:",
+             *(f"The last ranking puts {n} {w}: option {'AB'[n - 1]}." for n in (1, 2) for w in ("first", "last")),
+             "<answer>\\boxed{A}</answer>", "<answer>\\boxed{B}</answer>",
              *(tool_call_text(t.name, {p: "Halo 3" for p in t.parameters}) for t in TOOLS),
              *(f"I will use {t.name}." for t in TOOLS), *(f"Then I will use {t.name}." for t in TOOLS)]
     titles = [data.title(i) for i in range(len(data.items))]

@@ -11,7 +11,9 @@ from agenticrec.agent import AgentConfig, Rollout
 from agenticrec.engine import Engine
 from agenticrec.policy import sft_loss
 from agenticrec.preset import PresetToolbox
-from agenticrec.warmstart import RANKING_TOOLS, WarmStartConfig, copy_drill, expert_trajectory, ordering_of
+from agenticrec.tasks import LESS, MORE, PreferenceTask
+from agenticrec.warmstart import (RANKING_TOOLS, WarmStartConfig, choice_task, copy_drill, expert_trajectory,
+                                  ordering_of, stratified_coins)
 from test_agent import INSTANCE, ScriptedModel
 from test_tools import FakeSASRec, tiny
 
@@ -36,6 +38,35 @@ def test_expert_trajectory_is_what_the_rollout_builds(tokenizer, box, seed):
     assert [c.name for c in t.tool_calls] == list(plan) and all(name in RANKING_TOOLS for name in plan)
 
 
+@pytest.mark.parametrize("direction", [MORE, LESS])
+@pytest.mark.parametrize("options", [[5, 3], [3, 5], [6, 2]])
+def test_expert_answers_an_a_b_question_with_the_option_its_line_puts_first_or_last(tokenizer, box, direction,
+                                                                                     options):
+    task = PreferenceTask("ann", INSTANCE.history, options[0], options, INSTANCE.position, "train", direction)
+    ids, mask = expert_trajectory(tokenizer, box.data, box, task, CFG, random.Random(0), ("candidates_analyze",))
+    [t] = Rollout(Engine(ScriptedModel(ids, len(tokenizer)), 4000), tokenizer, box.data, box, CFG).run([task])
+    assert (t.ids, t.mask) == (ids, mask) and t.invalid_reason is None
+    # by hand: candidates_analyze alone orders by popularity (ties: option A first)
+    a, b = (box.popularity[item] for item in options)
+    more = "A" if a >= b else "B"
+    expected = more if direction == MORE else {"A": "B", "B": "A"}[more]
+    answer = tokenizer.decode([i for i, m in zip(ids, mask) if m]).rsplit("\\boxed{", 1)[1][0]
+    assert answer == expected
+    assert t.reward == float(expected == "A")  # the target is option A
+
+
+def test_choice_task_asks_about_the_target_and_another_candidate(tokenizer):
+    rng, seen = random.Random(0), Counter()
+    for _ in range(400):
+        task = choice_task(INSTANCE, rng)
+        negative = next(c for c in task.candidates if c != INSTANCE.target)
+        assert INSTANCE.target in task.candidates and negative in INSTANCE.candidates
+        assert task.target == (INSTANCE.target if task.direction == MORE else negative)
+        assert (task.history, task.position) == (INSTANCE.history, INSTANCE.position)
+        seen[task.direction, task.candidates.index(INSTANCE.target)] += 1
+    assert len(seen) == 4 and min(seen.values()) > 70  # both directions, the target at A and at B
+
+
 def _expert_calls(tokenizer, box, n, rng, **kwargs):
     for _ in range(n):
         ids, mask = expert_trajectory(tokenizer, box.data, box, INSTANCE, CFG, rng, **kwargs)
@@ -56,6 +87,17 @@ def test_expert_consults_its_plan_in_order_each_further_tool_by_a_coin(tokenizer
     # it stops at the first tool it skips: one tool 1/2, two 1/4, three 1/4
     assert set(paths) == {plan[:1], plan[:2], plan}
     assert all(abs(paths[plan[:n]] / 1000 - p) < 0.05 for n, p in ((1, 0.5), (2, 0.25), (3, 0.25))), paths
+
+
+def test_stratified_coins_give_every_batch_exactly_its_share_in_random_places():
+    rng, places = random.Random(0), Counter()
+    for _ in range(300):
+        coins = stratified_coins(20, 0.4, rng)
+        assert sorted(coins) == [0.0] * 12 + [1.0] * 8
+        places.update(i for i, c in enumerate(coins) if c)
+    assert set(places) == set(range(20)) and max(places.values()) < 2 * min(places.values())
+    assert stratified_coins(5, 0.0, rng) == [0.0] * 5 and stratified_coins(5, 1.0, rng) == [1.0] * 5
+    assert sum(stratified_coins(7, 0.3, rng)) == 2.0  # round(2.1)
 
 
 def test_expert_skips_the_tools_of_its_plan_that_are_not_enabled(tokenizer, box):
