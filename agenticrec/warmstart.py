@@ -9,7 +9,8 @@ Qwen3 is trained to imitate an expert that
   observation's ordering line (``ordering_line``, which ``agenticrec.preset.PresetToolbox`` appends: it orders by
   every tool consulted so far), copied verbatim; asked PPR's A / B question (``choice_task``), it consults the same
   tools and answers with the option the line puts first (MORE) or last (LESS), so that PPR's ``grpo`` objective,
-  the paper's, starts from a policy whose answers are valid and can be rewarded;
+  the paper's, starts from a policy whose A / B answers are valid (they stay valid through stage 1; whether MORE
+  or LESS was asked the tiny model does not yet read: its answers do not depend on it);
 - does not know whether the second tool is worth consulting: it consults it in 40 % of its trajectories
   (``further_call``, exactly that share of each batch: ``stratified_coins``), whatever the instance. A learned
   probability of 0.4 is sampled at 0.34 at GRPO's temperature of 0.6 (p^(1/T), renormalised), enough contrast in
