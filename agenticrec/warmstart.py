@@ -14,7 +14,8 @@ Qwen3 is trained to imitate an expert that
 - does not know whether the second tool is worth consulting: it consults it in 40 % of its trajectories
   (``further_call``, exactly that share of each batch: ``stratified_coins``), whatever the instance. A learned
   probability of 0.4 is sampled at 0.34 at GRPO's temperature of 0.6 (p^(1/T), renormalised), enough contrast in
-  groups of 4, while the greedy policy, the frozen baseline, still answers after one tool.
+  groups of 4, while the greedy policy, the frozen baseline, mostly answers after one tool (measured: 23 of 64
+  rollouts at GRPO's first step take the second tool; greedy, 1.25 calls a request on 300 valid instances).
 
 Whether to consult it is the headroom GRPO must find, and the answer depends on the data. On the first 2,000 train
 instances, expected reward (``agenticrec.reward``) of the co-occurrence order against that order with its ties
@@ -234,9 +235,9 @@ def warm_start(model, tokenizer, data: Dataset, toolbox: Toolbox, train: list[In
 def stratified_coins(n: int, p: float, rng: random.Random) -> list[float]:
     """The ``further_call`` of each of a batch's n expert trajectories: 1.0 (consult the whole plan) for exactly
     round(p n) of them, in random places, 0.0 for the others. What the tiny model learns as its probability of a
-    further call is the share in its last batches; with an independent coin per trajectory (standard deviation 0.1
-    at n = 20) that share, sampled at GRPO's temperature, came out anywhere from 0.03 to 0.28 from one run to the
-    next at p = 0.3."""
+    further call follows the share in its last batches, and with an independent coin per trajectory that share has
+    a standard deviation of 0.1 in a batch of 20: in three warm starts at p = 0.3 (other seeds and batch contents)
+    the share sampled at GRPO's first step came out 0.15, 0.28 and 0.03, where 0.19 was expected."""
     coins = [1.0] * round(p * n) + [0.0] * (n - round(p * n))
     rng.shuffle(coins)
     return coins
