@@ -7,15 +7,12 @@ Qwen3 is trained to imitate an expert that
 - knows the format and the tools: thinks briefly, consults the ranking tools of its plan (``WarmStartConfig.plan``:
   co-occurrence with the history, then the similar users' taste) and answers with the top K of the last
   observation's ordering line (``ordering_line``, which ``agenticrec.preset.PresetToolbox`` appends: it orders by
-  every tool consulted so far), copied verbatim; asked PPR's A / B question (``choice_task``), it consults the same
-  tools and answers with the option the line puts first (MORE) or last (LESS), so that PPR's ``grpo`` objective,
-  the paper's, starts from a policy whose A / B answers are valid (they stay valid through stage 1; whether MORE
-  or LESS was asked the tiny model does not yet read: its answers do not depend on it);
-- does not know whether the second tool is worth consulting: it consults it in 40 % of its trajectories
-  (``further_call``, exactly that share of each batch: ``stratified_coins``), whatever the instance. A learned
-  probability of 0.4 is sampled at 0.34 at GRPO's temperature of 0.6 (p^(1/T), renormalised), enough contrast in
-  groups of 4, while the greedy policy, the frozen baseline, mostly answers after one tool (measured: 23 of 64
-  rollouts at GRPO's first step take the second tool; greedy, 1.25 calls a request on 300 valid instances).
+  every tool consulted so far), copied verbatim;
+- does not know whether the second tool is worth consulting: it consults it in half of its trajectories
+  (``further_call``, exactly that share of each batch: ``stratified_coins``), whatever the instance. So GRPO's
+  groups meet both choices from the first step (measured: 47 of 64 rollouts at GRPO's temperature of 0.6 take the
+  second tool at the first step; greedy, 0.61 of 300 valid requests), and the frozen policy, the warm start, makes
+  the choice by what it happened to pick up, not by which is better.
 
 Whether to consult it is the headroom GRPO must find, and the answer depends on the data. On the first 2,000 train
 instances, expected reward (``agenticrec.reward``) of the co-occurrence order against that order with its ties
@@ -30,9 +27,8 @@ under-trained warm start gives it no valid answers to learn from. Two phases:
 1. a copy drill (``copy_drill``): ~130-token sequences of one ordering line and the answer that copies it, which
    form the copying circuit in ~200 steps (on full ~1,000-token trajectories the answer loss sat at chance for
    900 steps);
-2. the expert's full trajectories (a batch of ranking requests and a few A / B questions) until a gate — the
-   valid-answer rate of rollouts sampled at GRPO's temperature on held-out instances, for each kind of request —
-   is reached, not after a fixed number of steps.
+2. the expert's full trajectories until a gate — the valid-answer rate of rollouts sampled at GRPO's temperature on
+   held-out instances — is reached, not after a fixed number of steps.
 """
 
 from __future__ import annotations
@@ -51,7 +47,6 @@ from agenticrec.agent import AgentConfig, Rollout, build_prompt
 from agenticrec.data import Dataset, Instance
 from agenticrec.engine import Engine
 from agenticrec.policy import sft_loss
-from agenticrec.tasks import LESS, MORE, PreferenceTask
 from agenticrec.tokenizer import IM_END, tool_call_text, tool_response_ids
 from agenticrec.tools import Toolbox, context_for
 
@@ -75,8 +70,7 @@ class WarmStartConfig:
     gate_valid_rate: float = 0.95  # valid-answer rate required of rollouts SAMPLED as GRPO will sample them
     gate_instances: int = 64
     plan: tuple[str, ...] = ("get_session_behavior", "get_similar_users")  # the expert's ranking tools, in order
-    further_call: float = 0.4  # the share of each batch's expert trajectories that consult the whole plan
-    choice_batch_size: int = 4  # A / B questions (choice_task) added to each batch of ranking trajectories
+    further_call: float = 0.5  # the share of each batch's expert trajectories that consult the whole plan
     seed: int = 0
 
 
@@ -128,24 +122,9 @@ def expert_trajectory(tokenizer, data: Dataset, toolbox: Toolbox, instance: Inst
         forced = tool_response_ids(tokenizer, [observation])
         ids, mask = ids + turn + forced, mask + [1] * len(turn) + [0] * len(forced)
     order = ordering_of(observation)
-    if isinstance(instance, PreferenceTask):  # MORE: the option the line puts first; LESS: the one it puts last
-        turn = tokenizer.encode(_choice_text(order, instance.direction), add_special_tokens=False)
-    else:
-        k = min(cfg.answer_length, len(instance.candidates))
-        turn = tokenizer.encode(_answer_text(order[:k]), add_special_tokens=False)
+    k = min(cfg.answer_length, len(instance.candidates))
+    turn = tokenizer.encode(_answer_text(order[:k]), add_special_tokens=False)
     return ids + turn, mask + [1] * len(turn)
-
-
-def choice_task(instance: Instance, rng: random.Random) -> PreferenceTask:
-    """A random A / B question in ``instance``'s context: the target against another candidate (the pairs of PPR's
-    ``--random-negatives``), a random layout and direction. What the expert answers does not depend on the pair."""
-    negative = rng.choice([c for c in instance.candidates if c != instance.target])
-    options = [instance.target, negative]
-    rng.shuffle(options)
-    direction = rng.choice((MORE, LESS))
-    target = instance.target if direction == MORE else negative
-    return PreferenceTask(instance.user, list(instance.history), target, options, instance.position,
-                          instance.split, direction)
 
 
 def copy_drill(tokenizer, rng: random.Random, num_candidates: int = 20, k: int = 10) -> tuple[list[int], list[int]]:
@@ -173,16 +152,6 @@ def _answer_text(numbers: list[int]) -> str:
     return f"<think>I follow the last ranking.</think>\n<answer>\\boxed{{{numbers}}}</answer>{IM_END}"
 
 
-def _choice_text(order: list[int], direction: str) -> str:
-    """The A / B answer turn. Its thought copies the number first (MORE) or last (LESS) in the line, then names its
-    letter: a copy, the skill stage 1 trains, then a local step. (Mapping the number straight to the letter did
-    not survive stage 1: after 24 GRPO steps on ranking requests, 89 % of A / B answers were not A or B.)"""
-    number, where = (order[0], "first") if direction == MORE else (order[-1], "last")
-    letter = "AB"[number - 1]
-    return (f"<think>The last ranking puts {number} {where}: option {letter}.</think>\n"
-            f"<answer>\\boxed{{{letter}}}</answer>{IM_END}")
-
-
 def valid_rate(model, tokenizer, data, toolbox, instances, cfg: AgentConfig, seed: int = 0) -> tuple[float, dict]:
     """Valid-answer rate of rollouts on ``instances`` at ``cfg.temperature`` (seeded; 0 = greedy), and the count of
     each invalid reason."""
@@ -193,10 +162,24 @@ def valid_rate(model, tokenizer, data, toolbox, instances, cfg: AgentConfig, see
     return float(np.mean([t.invalid_reason is None for t in trajectories])), dict(reasons)
 
 
+def gate_check(model, tokenizer, data, toolbox, gate: list[Instance], cfg: AgentConfig,
+               threshold: float) -> tuple[float, dict]:
+    """``valid_rate`` on ``gate``, its first quarter sampled first: when that quarter alone has more invalid answers
+    than the whole gate tolerates, the gate cannot pass and the rest is not sampled (the rate returned is then the
+    quarter's). The checks before the warm start is ready fail this way at a quarter of the cost."""
+    tolerated = int(len(gate) * (1 - threshold) + 1e-9)
+    head = max(1, len(gate) // 4)
+    rate, reasons = valid_rate(model, tokenizer, data, toolbox, gate[:head], cfg)
+    if sum(reasons.values()) > tolerated or head == len(gate):
+        return rate, reasons
+    rest_rate, rest_reasons = valid_rate(model, tokenizer, data, toolbox, gate[head:], cfg)
+    return (rate * head + rest_rate * (len(gate) - head)) / len(gate), dict(Counter(reasons) + Counter(rest_reasons))
+
+
 def warm_start(model, tokenizer, data: Dataset, toolbox: Toolbox, train: list[Instance], gate: list[Instance],
                agent_cfg: AgentConfig, cfg: WarmStartConfig = WarmStartConfig()) -> dict:
     """Train ``model`` in place: the copy drill, then the expert's trajectories until the sampled valid-answer rate
-    on ``gate``, of ranking requests and of A / B questions, reaches the threshold (or ``max_steps``)."""
+    on ``gate`` reaches the threshold (or ``max_steps``)."""
     rng, device = random.Random(cfg.seed), next(model.parameters()).device
     torch.manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
@@ -207,24 +190,19 @@ def warm_start(model, tokenizer, data: Dataset, toolbox: Toolbox, train: list[In
     if cfg.drill_steps:
         history.append({"drill_steps": cfg.drill_steps, "loss": loss})
         log.info("warm start: copy drill done, %d steps, loss %.3f", cfg.drill_steps, loss)
-    choice_gate = [choice_task(x, random.Random(cfg.seed + i)) for i, x in enumerate(gate[:cfg.gate_instances])]
     bar = tqdm(range(1, cfg.max_steps + 1), desc="warm start: expert", leave=False)
     for step in bar:
         tasks = [rng.choice(train) for _ in range(cfg.batch_size)]
-        tasks += [choice_task(rng.choice(train), rng) for _ in range(cfg.choice_batch_size)]
         batch = [expert_trajectory(tokenizer, data, toolbox, task, agent_cfg, rng, cfg.plan, coin)
                  for task, coin in zip(tasks, stratified_coins(len(tasks), cfg.further_call, rng))]
         loss = _sft_step(model, optimizer, batch, device)
         if step % cfg.check_every == 0:
-            rate, reasons = valid_rate(model, tokenizer, data, toolbox, gate[:cfg.gate_instances], agent_cfg)
-            choice_rate, choice_reasons = (valid_rate(model, tokenizer, data, toolbox, choice_gate, agent_cfg)
-                                           if cfg.choice_batch_size else (1.0, {}))
-            history.append({"step": step, "loss": loss, "valid_rate": rate, "invalid": reasons,
-                            "choice_valid_rate": choice_rate, "choice_invalid": choice_reasons})
-            log.info("warm start step %d: loss %.3f, valid rate %.2f (A / B %.2f) at T=%g, invalid %s %s", step,
-                     loss, rate, choice_rate, agent_cfg.temperature, reasons, choice_reasons)
-            bar.set_postfix(loss=f"{loss:.3f}", valid=f"{rate:.2f}", choice=f"{choice_rate:.2f}")
-            rate = min(rate, choice_rate)
+            rate, reasons = gate_check(model, tokenizer, data, toolbox, gate[:cfg.gate_instances], agent_cfg,
+                                       cfg.gate_valid_rate)
+            history.append({"step": step, "loss": loss, "valid_rate": rate, "invalid": reasons})
+            log.info("warm start step %d: loss %.3f, valid rate %.2f at T=%g, invalid %s", step, loss, rate,
+                     agent_cfg.temperature, reasons)
+            bar.set_postfix(loss=f"{loss:.3f}", valid=f"{rate:.2f}")
             if rate >= cfg.gate_valid_rate:
                 break
     model.eval()

@@ -7,13 +7,13 @@ from collections import Counter
 
 import pytest
 
+from agenticrec import warmstart
 from agenticrec.agent import AgentConfig, Rollout
 from agenticrec.engine import Engine
 from agenticrec.policy import sft_loss
 from agenticrec.preset import PresetToolbox
-from agenticrec.tasks import LESS, MORE, PreferenceTask
-from agenticrec.warmstart import (RANKING_TOOLS, WarmStartConfig, choice_task, copy_drill, expert_trajectory,
-                                  ordering_of, stratified_coins)
+from agenticrec.warmstart import (RANKING_TOOLS, WarmStartConfig, copy_drill, expert_trajectory, ordering_of,
+                                  stratified_coins)
 from test_agent import INSTANCE, ScriptedModel
 from test_tools import FakeSASRec, tiny
 
@@ -36,35 +36,6 @@ def test_expert_trajectory_is_what_the_rollout_builds(tokenizer, box, seed):
     copied = ordering_of(t.tool_calls[-1].observation)[:5]
     assert t.ranking == tuple(INSTANCE.candidates[n - 1] for n in copied)
     assert [c.name for c in t.tool_calls] == list(plan) and all(name in RANKING_TOOLS for name in plan)
-
-
-@pytest.mark.parametrize("direction", [MORE, LESS])
-@pytest.mark.parametrize("options", [[5, 3], [3, 5], [6, 2]])
-def test_expert_answers_an_a_b_question_with_the_option_its_line_puts_first_or_last(tokenizer, box, direction,
-                                                                                     options):
-    task = PreferenceTask("ann", INSTANCE.history, options[0], options, INSTANCE.position, "train", direction)
-    ids, mask = expert_trajectory(tokenizer, box.data, box, task, CFG, random.Random(0), ("candidates_analyze",))
-    [t] = Rollout(Engine(ScriptedModel(ids, len(tokenizer)), 4000), tokenizer, box.data, box, CFG).run([task])
-    assert (t.ids, t.mask) == (ids, mask) and t.invalid_reason is None
-    # by hand: candidates_analyze alone orders by popularity (ties: option A first)
-    a, b = (box.popularity[item] for item in options)
-    more = "A" if a >= b else "B"
-    expected = more if direction == MORE else {"A": "B", "B": "A"}[more]
-    answer = tokenizer.decode([i for i, m in zip(ids, mask) if m]).rsplit("\\boxed{", 1)[1][0]
-    assert answer == expected
-    assert t.reward == float(expected == "A")  # the target is option A
-
-
-def test_choice_task_asks_about_the_target_and_another_candidate(tokenizer):
-    rng, seen = random.Random(0), Counter()
-    for _ in range(400):
-        task = choice_task(INSTANCE, rng)
-        negative = next(c for c in task.candidates if c != INSTANCE.target)
-        assert INSTANCE.target in task.candidates and negative in INSTANCE.candidates
-        assert task.target == (INSTANCE.target if task.direction == MORE else negative)
-        assert (task.history, task.position) == (INSTANCE.history, INSTANCE.position)
-        seen[task.direction, task.candidates.index(INSTANCE.target)] += 1
-    assert len(seen) == 4 and min(seen.values()) > 70  # both directions, the target at A and at B
 
 
 def _expert_calls(tokenizer, box, n, rng, **kwargs):
@@ -98,6 +69,27 @@ def test_stratified_coins_give_every_batch_exactly_its_share_in_random_places():
     assert set(places) == set(range(20)) and max(places.values()) < 2 * min(places.values())
     assert stratified_coins(5, 0.0, rng) == [0.0] * 5 and stratified_coins(5, 1.0, rng) == [1.0] * 5
     assert sum(stratified_coins(7, 0.3, rng)) == 2.0  # round(2.1)
+
+
+@pytest.mark.parametrize("invalid, calls, rate", [
+    ({0, 1, 2, 3}, 1, 12 / 16),  # 4 invalid in the first 16: 60 / 64 < 0.95 whatever the rest, so it stops there
+    ({0, 1, 2}, 2, 61 / 64),  # 3 in the first 16: the rest decides (61 / 64 >= 0.95)
+    ({0, 1, 2, 40}, 2, 60 / 64),  # ... and here fails it
+    (set(), 2, 1.0),
+])
+def test_gate_check_stops_after_its_first_quarter_only_when_the_gate_can_no_longer_pass(monkeypatch, invalid, calls,
+                                                                                        rate):
+    seen = []
+
+    def fake_valid_rate(model, tokenizer, data, toolbox, instances, cfg):
+        seen.append(list(instances))
+        bad = [i for i in instances if i in invalid]
+        return 1 - len(bad) / len(instances), {"bad_json": len(bad)} if bad else {}
+
+    monkeypatch.setattr(warmstart, "valid_rate", fake_valid_rate)
+    got, reasons = warmstart.gate_check(None, None, None, None, list(range(64)), CFG, 0.95)
+    assert len(seen) == calls and seen[0] == list(range(16)) and sum(map(len, seen)) == (16 if calls == 1 else 64)
+    assert got == pytest.approx(rate) and reasons == ({"bad_json": len(invalid)} if invalid else {})
 
 
 def test_expert_skips_the_tools_of_its_plan_that_are_not_enabled(tokenizer, box):
