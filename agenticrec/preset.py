@@ -39,27 +39,26 @@ PRESET_MODEL = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2,
 
 # train_grpo.py's settings under --model preset: the two ranking tools whose merge beats every single order
 # (co-occurrence with the history, the similar users' taste breaking its ties; the expert consults the second in
-# 40 % of its trajectories); 16 groups of G 4 (the rollouts of a group that take the same path copy the same line
+# half of its trajectories); 16 groups of G 4 (the rollouts of a group that take the same path copy the same line
 # and share a reward, so what the update learns from is the contrast between paths: 16 x 4 gives ~1.75x more such
 # contrasts than the paper's 8 x 8 for the same tokens); budgets that keep prompts near 700 tokens; lr 3e-5 (the
-# tiny model moves little at the paper's 1e-6; at 7.5e-5 and 1.5e-4 single early updates swing the second call's
-# share by up to 0.3, and which way the first batches' draws point decides the run: seed 0 settled on the session
-# order alone by step 13, seeds 1 and 2 on the merge; at 1.5e-5 seed 0 moved the right way but only from 0.25 to
-# 0.39 greedy in 24 steps; at 3e-5 seeds 0 and 1 both end on the merge) and the paper's KL coefficient 1e-3 (at
-# 0.01 the pull back to the warm start undid the second tool's gain within 15 steps); a budget of steps, not of
-# time; evaluations of 300 valid instances.
+# tiny model moves little at the paper's 1e-6; at 7.5e-5 and 1.5e-4 single early updates swung the second call's
+# share by up to 0.3, so that the first batches' draws decided which path a run settled on); the paper's KL
+# coefficient 1e-3 (at 0.01 the pull back to the warm start undid the second tool's gain within 15 steps); 20 steps
+# (a budget of steps, not of time: the greedy policy consults both tools on every request by then); evaluations of
+# 300 valid instances.
 GRPO = dict(batch_size=16, group_size=4, lr=3e-5, warmup_steps=5, max_turn_tokens=96, max_context=2048,
-            tools="get_session_behavior,get_similar_users", steps=24,
+            tools="get_session_behavior,get_similar_users", steps=20,
             eval_instances=300, checkpoint_every=10, max_tool_calls=4, eval_chunk=300)
 
 # train_ppr.py's settings on a preset checkpoint (its agent settings come from the checkpoint's train_config.json):
-# mining 4,000 train instances and the logistic objective. The paper's grpo objective fails on the preset: the
-# warm start's A / B answers are valid but blind to MORE / LESS (accuracy exactly 0.5 on every pair, whose two
-# questions have opposite answers), so GRPO's reward carries no signal on the choice, and 30 steps on A / B questions
-# alone took the ranking's valid rate from 1.00 to 0.60 (H@1 0.472 -> 0.278 on 300 valid instances). The logistic
-# loss sits at 2 log 2 for a few hundred steps before the model learns to read MORE / LESS, hence lr 3e-3 and 6
-# epochs; the last 200 tokens of each context (question, tool call, observation) are enough and make the escape
-# faster (on whole contexts: none in 790 steps); rehearsal keeps the ranking format (without it: 0 valid).
+# mining 4,000 train instances and the logistic objective. The paper's grpo objective fails on the preset: a warm
+# start taught to answer A / B questions gave valid answers that ignored MORE / LESS (accuracy exactly 0.5 on every
+# pair, whose two questions have opposite answers), so GRPO's reward carried no signal on the choice, and 30 steps on
+# A / B questions alone took the ranking's valid rate from 1.00 to 0.60 (docs/ppr.md). The logistic loss sits at
+# 2 log 2 for a few hundred steps before the model learns to read MORE / LESS, hence lr 3e-3 and 6 epochs; the last
+# 200 tokens of each context (question, tool call, observation) are enough and make the escape faster (on whole
+# contexts: none in 790 steps); rehearsal keeps the ranking format (without it: 0 valid).
 PPR = dict(objective="logistic", mine_instances=4000, batch_size=32, lr=3e-3, warmup_steps=5, epochs=6.0,
            train_context_tokens=200, replay_coef=1.0, checkpoint_every=100, eval_chunk=250)
 
