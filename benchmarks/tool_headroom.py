@@ -2,11 +2,11 @@
 
     python benchmarks/tool_headroom.py [--dataset games] [--split valid] [--limit 2000]
 
-For each instance it calls the preset's three ranking tools as the agent would (``candidates_analyze``: popularity;
-``get_similar_users``: the similar users' taste; ``get_similar_items`` on the latest history item: its
+For each instance it calls three of the preset's ranking tools as the agent would (``candidates_analyze``:
+popularity; ``get_similar_users``: the similar users' taste; ``get_similar_items`` on the latest history item: its
 similarity) and ranks the target by each tool's ordering line copied verbatim; beside them the co-occurrence
-baseline (how often a candidate followed or preceded a history item in train sequences: evidence no preset tool
-shows) and SASRec. It prints, with 95 % bootstrap CIs:
+baseline (how often a candidate followed or preceded a history item in train sequences: the order of the preset's
+fourth ranking tool, ``get_session_behavior``) and SASRec. It prints, with 95 % bootstrap CIs:
 
 1. each order copied, and the per-instance oracles (instance by instance the best order: what a policy that always
    picked the right evidence would score, knowing the answer);
