@@ -238,6 +238,8 @@ def preset_tokenizer(data, folder, vocab_size: int = 4096, split_digits: bool = 
              "The user's history, oldest first:", "Candidates:", "Rank the candidates for this user.",
              "<answer>\\boxed{[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}</answer>", "assistant\n<think>",
              "I follow the last ranking.", "Past interactions, most first:", "best first:",
+             # PPR's A / B answers, and an A / B thought the warm start does not use (kept: dropping it changes the
+             # BPE merges, hence every preset number in docs/)
              *(f"The last ranking puts {n} {w}: option {'AB'[n - 1]}." for n in (1, 2) for w in ("first", "last")),
              "<answer>\\boxed{A}</answer>", "<answer>\\boxed{B}</answer>",
              *(tool_call_text(t.name, {p: "Halo 3" for p in t.parameters}) for t in TOOLS),
