@@ -142,13 +142,33 @@ def _mined(path: Path):
     return read_pairs(path), json.loads(path.with_suffix(".stats.json").read_text())
 
 
-def answer_contexts(rollout: Rollout, tasks, cfg: Config):
+def answer_contexts(rollout: Rollout, tasks, cfg: Config, name: str):
     """(contexts, trajectories): the policy's greedy rollout of each task, and its ids up to the start of its last
     turn — the prompt plus the policy's own tool calls and observations, where its answer would begin. Built once,
     with the STAGE-1 policy: contexts rebuilt by the model being trained drift (on the preset its early updates
-    made it stop calling tools, and the evidence vanished from the context it was scored in)."""
-    trajectories = greedy_run(rollout, tasks, cfg.eval_chunk, desc="stage-1 contexts")
-    return [t.ids[:last_turn_start(t.mask)] for t in trajectories], trajectories
+    made it stop calling tools, and the evidence vanished from the context it was scored in). What the contexts
+    hold is logged (``context_summary``) under ``name``."""
+    trajectories = greedy_run(rollout, tasks, cfg.eval_chunk, desc=f"stage-1 contexts, {name}")
+    contexts = [t.ids[:last_turn_start(t.mask)] for t in trajectories]
+    summary = context_summary(trajectories, contexts)
+    log.info("stage-1 contexts, %s: %s", name, summary)
+    if summary["tasks"] and summary["with_observation"] == 0:
+        log.warning("stage-1 contexts, %s: no context holds a tool observation, so the logistic objective scores "
+                    "each answer right after the prompt, on no evidence but the titles (valid stage-1 A / B answers: "
+                    "%.0f%%)", name, 100 * summary["answered"])
+    return contexts, trajectories
+
+
+def context_summary(trajectories, contexts) -> dict:
+    """What the stage-1 A / B rollouts gave the contexts: the share of valid answers, of contexts holding at least
+    one tool observation, and the mean number of tool calls and of context tokens after the prompt."""
+    n = max(1, len(trajectories))
+    after_prompt = [len(c) - t.prompt_len for t, c in zip(trajectories, contexts)]
+    return {"tasks": len(trajectories),
+            "answered": sum(t.invalid_reason is None for t in trajectories) / n,
+            "with_observation": sum(a > 0 for a in after_prompt) / n,
+            "tool_calls": sum(len(t.tool_calls) for t in trajectories) / n,
+            "tokens_after_prompt": sum(after_prompt) / n}
 
 
 def last_turn_start(mask: list[int]) -> int:
@@ -307,16 +327,16 @@ def build_tasks(run: Run, train_instances, valid) -> Tasks:
     units, replay = tasks, []
     if cfg.objective == "logistic":  # MORE / LESS stay together; train on the tails (evaluation: whole contexts)
         contexts = [c[-cfg.train_context_tokens:] if cfg.train_context_tokens else c
-                    for c in answer_contexts(rollout, tasks, cfg)[0]]
+                    for c in answer_contexts(rollout, tasks, cfg, "train")[0]]
         units = [list(zip(tasks, contexts))[i:i + _per_unit(cfg)] for i in range(0, len(tasks), _per_unit(cfg))]
         if cfg.replay_coef > 0:
             replay = replay_trajectories(rollout, train_instances[:cfg.replay_instances], cfg)
-    valid_contexts = answer_contexts(rollout, valid_tasks, cfg)[0]  # built before a resumed checkpoint is loaded
+    valid_contexts = answer_contexts(rollout, valid_tasks, cfg, "valid")[0]  # before a resumed checkpoint is loaded
     # the control: valid pairs with a RANDOM negative. Mined pairs are, by construction, those where the stage-1
     # evidence is wrong; a model that learns to distrust that evidence wins on them and loses here.
     control_tasks = bidirectional_tasks(random_pairs(valid[:cfg.valid_mine_instances], cfg.seed + 1), cfg.seed)
     probes = {"mined": (valid_tasks, valid_contexts),
-              "random": (control_tasks, answer_contexts(rollout, control_tasks, cfg)[0])}
+              "random": (control_tasks, answer_contexts(rollout, control_tasks, cfg, "control")[0])}
     return Tasks(units, replay, probes, mined)
 
 

@@ -181,6 +181,24 @@ def test_the_scoring_context_ends_where_the_last_sampled_turn_begins():
     assert train_ppr.last_turn_start([1, 1]) == 0
 
 
+def test_context_summary_by_hand():
+    """What the log says about the stage-1 contexts: two of three A / B rollouts answered, one after a tool call
+    (its context holds the call and the observation: 5 tokens after a 3-token prompt), two with none."""
+    from types import SimpleNamespace as T
+    call = T(name="get_session_behavior")
+    #                prompt    call     observation answer
+    with_tool = T(ids=list(range(11)), mask=[0, 0, 0] + [1, 1] + [0, 0, 0] + [1, 1, 1], prompt_len=3,
+                  tool_calls=[call], invalid_reason=None)
+    direct = T(ids=list(range(5)), mask=[0, 0, 0, 1, 1], prompt_len=3, tool_calls=[], invalid_reason=None)
+    broken = T(ids=list(range(7)), mask=[0, 0, 0, 1, 1, 1, 1], prompt_len=3, tool_calls=[],
+               invalid_reason="turn_token_limit")
+    trajectories = [with_tool, direct, broken]
+    contexts = [t.ids[:train_ppr.last_turn_start(t.mask)] for t in trajectories]
+    assert [len(c) for c in contexts] == [8, 3, 3]
+    assert train_ppr.context_summary(trajectories, contexts) == {
+        "tasks": 3, "answered": 2 / 3, "with_observation": 1 / 3, "tool_calls": 1 / 3, "tokens_after_prompt": 5 / 3}
+
+
 def test_report_by_hand(tmp_path, capsys):
     """Ranks 1, 7, absent -> H@1 1/3 and N@10 (1 + 1/log2(8) + 0) / 3 = 4/9; each accuracy row is its list's mean."""
     before = {"ranks": [1, 7, 0], "agent": [0.0, 1.0], "likelihood": [1.0, 1.0], "agent_random": [1.0, 0.0],
