@@ -53,14 +53,14 @@ GRPO = dict(batch_size=16, group_size=4, lr=3e-5, warmup_steps=5, max_turn_token
 
 # train_ppr.py's settings on a preset checkpoint (its agent settings come from the checkpoint's train_config.json):
 # the logistic objective, pairs mined from 2,000 train instances, 3 epochs (~190 steps of 1.6 s): sized to run in 20
-# minutes on 2 cores (4 epochs took 20 min 2 s). The paper's grpo objective gets no signal on the preset: a warm start taught to answer A / B
-# questions gave valid answers that ignored MORE / LESS (accuracy exactly 0.5 on every pair, whose two questions
-# have opposite answers), and 30 steps on A / B questions alone took the ranking's valid rate from 1.00 to 0.60
-# (docs/ppr.md). The logistic loss sat at 2 log 2 for 350-700 steps at lr 3e-3 before the previous preset's policy
-# learned to read MORE / LESS (the last 200 tokens of each context made that faster: on whole contexts, none in 790
-# steps); this preset's policy never answers an A / B question (its warm start has none), so its contexts hold no
-# tool evidence and the loss stays at 2 log 2 (746 steps measured). Rehearsal keeps the ranking format (without it:
-# 0 valid).
+# minutes on 2 cores (4 epochs took 20 min 2 s). The paper's grpo objective gets no signal on the preset: a warm start
+# taught to answer A / B questions gave valid answers that ignored MORE / LESS (accuracy exactly 0.5 on every pair,
+# whose two questions have opposite answers), and 30 steps on A / B questions alone took the ranking's valid rate from
+# 1.00 to 0.60 (docs/ppr.md). The logistic loss sat at 2 log 2 for 350-700 steps at lr 3e-3 before the previous
+# preset's policy learned to read MORE / LESS (the last 200 tokens of each context made that faster: on whole
+# contexts, none in 790 steps); this preset's policy never answers an A / B question (its warm start has none), so 96%
+# of its contexts are the bare prompt (the rest hold one tool observation) and the loss stays at 2 log 2 (746 steps
+# measured). Rehearsal keeps the ranking format (without it: 0 valid).
 PPR = dict(objective="logistic", mine_instances=2000, batch_size=32, lr=3e-3, warmup_steps=5, epochs=3.0,
            train_context_tokens=200, replay_coef=1.0, checkpoint_every=100, eval_chunk=250)
 
