@@ -142,12 +142,12 @@ def _mined(path: Path):
     return read_pairs(path), json.loads(path.with_suffix(".stats.json").read_text())
 
 
-def answer_contexts(rollout: Rollout, tasks, cfg: Config, name: str):
-    """(contexts, trajectories): the policy's greedy rollout of each task, and its ids up to the start of its last
-    turn — the prompt plus the policy's own tool calls and observations, where its answer would begin. Built once,
+def answer_contexts(rollout: Rollout, tasks, cfg: Config, name: str) -> tuple[list[list[int]], dict]:
+    """(contexts, their ``context_summary``): the policy's greedy rollout of each task, cut where its last turn
+    begins — the prompt plus the policy's own tool calls and observations, where its answer would begin. Built once,
     with the STAGE-1 policy: contexts rebuilt by the model being trained drift (on the preset its early updates
-    made it stop calling tools, and the evidence vanished from the context it was scored in). What the contexts
-    hold is logged (``context_summary``) under ``name``."""
+    made it stop calling tools, and the evidence vanished from the context it was scored in). The summary is
+    logged under ``name``."""
     trajectories = greedy_run(rollout, tasks, cfg.eval_chunk, desc=f"stage-1 contexts, {name}")
     contexts = [t.ids[:last_turn_start(t.mask)] for t in trajectories]
     summary = context_summary(trajectories, contexts)
@@ -156,7 +156,7 @@ def answer_contexts(rollout: Rollout, tasks, cfg: Config, name: str):
         log.warning("stage-1 contexts, %s: no context holds a tool observation, so the logistic objective scores "
                     "each answer right after the prompt, on no evidence but the titles (valid stage-1 A / B answers: "
                     "%.0f%%)", name, 100 * summary["answered"])
-    return contexts, trajectories
+    return contexts, summary
 
 
 def context_summary(trajectories, contexts) -> dict:
@@ -313,6 +313,7 @@ class Tasks:
     replay: list  # rehearsal trajectories (logistic with --replay-coef)
     probes: dict  # {"mined": (valid tasks, contexts), "random": (control tasks, contexts)}
     mined: dict  # mined_pairs' result
+    valid_contexts: dict  # context_summary of the mined valid tasks' stage-1 contexts
 
 
 def build_tasks(run: Run, train_instances, valid) -> Tasks:
@@ -331,13 +332,13 @@ def build_tasks(run: Run, train_instances, valid) -> Tasks:
         units = [list(zip(tasks, contexts))[i:i + _per_unit(cfg)] for i in range(0, len(tasks), _per_unit(cfg))]
         if cfg.replay_coef > 0:
             replay = replay_trajectories(rollout, train_instances[:cfg.replay_instances], cfg)
-    valid_contexts = answer_contexts(rollout, valid_tasks, cfg, "valid")[0]  # before a resumed checkpoint is loaded
+    valid_contexts, summary = answer_contexts(rollout, valid_tasks, cfg, "valid")  # before a resumed checkpoint loads
     # the control: valid pairs with a RANDOM negative. Mined pairs are, by construction, those where the stage-1
     # evidence is wrong; a model that learns to distrust that evidence wins on them and loses here.
     control_tasks = bidirectional_tasks(random_pairs(valid[:cfg.valid_mine_instances], cfg.seed + 1), cfg.seed)
     probes = {"mined": (valid_tasks, valid_contexts),
               "random": (control_tasks, answer_contexts(rollout, control_tasks, cfg, "control")[0])}
-    return Tasks(units, replay, probes, mined)
+    return Tasks(units, replay, probes, mined, summary)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -388,7 +389,7 @@ def main(argv=None) -> None:
     saved = train_config("train_ppr.py", cfg, run.layer, profiles=run.profiles, stage1=cfg.model)
     export(run.model, info, out / "final", run.tokenizer, saved)
     if info.is_main:
-        report(out, before, after, tasks.mined["train"][1], tasks.mined["valid"][1])
+        report(out, before, after, tasks.mined["train"][1], tasks.mined["valid"][1], tasks.valid_contexts)
     D.shutdown(info)
 
 
@@ -437,8 +438,10 @@ def evaluation(run: Run, probes: dict, valid_instances, step: int) -> dict:
     return result
 
 
-def report(out: Path, before: dict, after: dict, mining: dict, valid_mining: dict) -> dict:
-    """Before vs after with paired bootstrap CIs; printed and written to out/report.json."""
+def report(out: Path, before: dict, after: dict, mining: dict, valid_mining: dict,
+           contexts: dict | None = None) -> dict:
+    """Before vs after with paired bootstrap CIs, and what the valid tasks' stage-1 contexts hold (``contexts``, a
+    ``context_summary``); printed and written to out/report.json."""
     hit1 = [[hit_at(r or None, 1) for r in e["ranks"]] for e in (before, after)]  # rank 0: absent or invalid
     ndcg10 = [[ndcg_at(r or None, 10) for r in e["ranks"]] for e in (before, after)]
     series = {"pairwise accuracy, agent answer (greedy, tools)": (before["agent"], after["agent"]),
@@ -455,17 +458,31 @@ def report(out: Path, before: dict, after: dict, mining: dict, valid_mining: dic
     for name, ci in rows.items():
         lines.append(f"{name:<50}{means[name][0]:>8.3f}{means[name][1]:>8.3f}   {ci['diff']:+.4f} "
                      f"[{ci['lo']:+.4f}, {ci['hi']:+.4f}]")
-    margin = rows["pairwise accuracy, likelihood margin"]
-    if margin["lo"] <= 0 <= margin["hi"]:
-        lines.append("note: no significant change in pairwise accuracy. The bidirectional loss can sit at 2 log 2 "
-                     "for hundreds of steps before the model reads MORE / LESS (docs/ppr.md); train longer "
-                     "(--epochs) or check metrics.jsonl's loss.")
+    if contexts:
+        lines.append(f"stage-1 contexts of the valid tasks: {contexts['with_observation']:.3f} hold a tool "
+                     f"observation; the stage-1 A / B answers are valid for {contexts['answered']:.3f}")
+    note = no_change_note(rows["pairwise accuracy, likelihood margin"], contexts)
+    lines += [note] if note else []
     print("\n".join(lines), flush=True)
     result = {"rows": {k: {"before": means[k][0], "after": means[k][1], **rows[k]} for k in rows},
-              "mining": mining, "valid_mining": valid_mining}
+              "mining": mining, "valid_mining": valid_mining, "valid_contexts": contexts}
     (out / "report.json").write_text(json.dumps(result, indent=2))
     return result
 
+
+
+def no_change_note(margin: dict, contexts: dict | None) -> str | None:
+    """What to check when the likelihood accuracy's CI (``margin``, a paired_bootstrap result) includes 0: the
+    contexts, when most of them hold no tool observation; the plateau otherwise. None when the change is significant."""
+    if not margin["lo"] <= 0 <= margin["hi"]:
+        return None
+    if contexts and contexts["with_observation"] < 0.5:
+        return ("note: no significant change in pairwise accuracy. Most answers are scored after the bare prompt (the "
+                "stage-1 policy does not answer A / B questions), on no evidence but the two titles (docs/ppr.md, "
+                "\"The CPU preset\").")
+    return ("note: no significant change in pairwise accuracy. The bidirectional loss can sit at 2 log 2 for "
+            "hundreds of steps before the model reads MORE / LESS (docs/ppr.md); train longer (--epochs) or check "
+            "metrics.jsonl's loss.")
 
 if __name__ == "__main__":
     main()

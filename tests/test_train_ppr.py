@@ -216,3 +216,20 @@ def test_report_by_hand(tmp_path, capsys):
         assert (rows[name]["before"], rows[name]["after"]) == pytest.approx((b, a)), name
         assert rows[name]["diff"] == pytest.approx(a - b), name
     assert "ranking N@10 on valid instances" in capsys.readouterr().out
+    contexts = {"tasks": 2, "answered": 0.0, "with_observation": 0.5, "tool_calls": 0.5, "tokens_after_prompt": 4.0}
+    saved = train_ppr.report(tmp_path, before, after, {"violations": 1}, {"violations": 1}, contexts)
+    assert saved["valid_contexts"] == contexts
+    assert ("stage-1 contexts of the valid tasks: 0.500 hold a tool observation; the stage-1 A / B answers are valid "
+            "for 0.000") in capsys.readouterr().out
+
+
+def test_the_no_change_note_names_the_contexts_when_most_hold_no_evidence():
+    """None for a significant change; the bare-prompt note when fewer than half the contexts hold an observation
+    (the preset: 0.046); the plateau note otherwise, or without a summary."""
+    significant, unclear = {"lo": 0.01, "hi": 0.2}, {"lo": -0.02, "hi": 0.02}
+    bare, evidence = {"with_observation": 0.046}, {"with_observation": 0.5}
+    assert train_ppr.no_change_note(significant, bare) is None
+    assert "bare prompt" in train_ppr.no_change_note(unclear, bare)
+    assert "2 log 2" in train_ppr.no_change_note(unclear, evidence)
+    assert "2 log 2" in train_ppr.no_change_note(unclear, None)
+    assert train_ppr.no_change_note({"lo": -0.2, "hi": -0.01}, bare) is None
