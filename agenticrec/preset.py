@@ -59,8 +59,8 @@ GRPO = dict(batch_size=16, group_size=4, lr=3e-5, warmup_steps=5, max_turn_token
 # 1.00 to 0.60 (docs/ppr.md). The logistic loss sat at 2 log 2 for 350-700 steps at lr 3e-3 before the previous
 # preset's policy learned to read MORE / LESS (the last 200 tokens of each context made that faster: on whole
 # contexts, none in 790 steps); this preset's policy never answers an A / B question (its warm start has none), so 96%
-# of its contexts are the bare prompt (the rest hold one tool observation) and the loss stays at 2 log 2 (746 steps
-# measured). Rehearsal keeps the ranking format (without it: 0 valid).
+# of its training contexts are the bare prompt (the rest hold one tool observation) and the loss stays at 2 log 2 (746
+# steps measured). Rehearsal keeps the ranking format (without it: 0 valid).
 PPR = dict(objective="logistic", mine_instances=2000, batch_size=32, lr=3e-3, warmup_steps=5, epochs=3.0,
            train_context_tokens=200, replay_coef=1.0, checkpoint_every=100, eval_chunk=250)
 
