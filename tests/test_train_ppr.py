@@ -219,8 +219,11 @@ def test_report_by_hand(tmp_path, capsys):
     contexts = {"tasks": 2, "answered": 0.0, "with_observation": 0.5, "tool_calls": 0.5, "tokens_after_prompt": 4.0}
     saved = train_ppr.report(tmp_path, before, after, {"violations": 1}, {"violations": 1}, contexts)
     assert saved["valid_contexts"] == contexts
+    printed = capsys.readouterr().out
     assert ("stage-1 contexts of the valid tasks: 0.500 hold a tool observation; the stage-1 A / B answers are valid "
-            "for 0.000") in capsys.readouterr().out
+            "for 0.000") in printed
+    note = train_ppr.no_change_note(saved["rows"]["pairwise accuracy, likelihood margin"], contexts)
+    assert note and printed.rstrip().endswith(note)  # the likelihood's change (1.0 -> 0.5) has a CI that includes 0
 
 
 def test_the_no_change_note_names_the_contexts_when_most_hold_no_evidence():
