@@ -152,10 +152,10 @@ def answer_contexts(rollout: Rollout, tasks, cfg: Config, name: str) -> tuple[li
     contexts = [t.ids[:last_turn_start(t.mask)] for t in trajectories]
     summary = context_summary(trajectories, contexts)
     log.info("stage-1 contexts, %s: %s", name, summary)
-    if summary["tasks"] and summary["with_observation"] == 0:
-        log.warning("stage-1 contexts, %s: no context holds a tool observation, so the logistic objective scores "
-                    "each answer right after the prompt, on no evidence but the titles (valid stage-1 A / B answers: "
-                    "%.0f%%)", name, 100 * summary["answered"])
+    if mostly_bare(summary):
+        log.warning("stage-1 contexts, %s: only %.0f%% hold a tool observation, so most answers are scored right "
+                    "after the prompt, on no evidence but the two titles (valid stage-1 A / B answers: %.0f%%)", name,
+                    100 * summary["with_observation"], 100 * summary["answered"])
     return contexts, summary
 
 
@@ -169,6 +169,11 @@ def context_summary(trajectories, contexts) -> dict:
             "with_observation": sum(a > 0 for a in after_prompt) / n,
             "tool_calls": sum(len(t.tool_calls) for t in trajectories) / n,
             "tokens_after_prompt": sum(after_prompt) / n}
+
+
+def mostly_bare(summary: dict | None) -> bool:
+    """True when fewer than half of the contexts hold a tool observation: the answers are scored after the prompt."""
+    return bool(summary) and summary["tasks"] > 0 and summary["with_observation"] < 0.5
 
 
 def last_turn_start(mask: list[int]) -> int:
@@ -470,19 +475,19 @@ def report(out: Path, before: dict, after: dict, mining: dict, valid_mining: dic
     return result
 
 
-
 def no_change_note(margin: dict, contexts: dict | None) -> str | None:
     """What to check when the likelihood accuracy's CI (``margin``, a paired_bootstrap result) includes 0: the
     contexts, when most of them hold no tool observation; the plateau otherwise. None when the change is significant."""
     if not margin["lo"] <= 0 <= margin["hi"]:
         return None
-    if contexts and contexts["with_observation"] < 0.5:
-        return ("note: no significant change in pairwise accuracy. Most answers are scored after the bare prompt (the "
-                "stage-1 policy does not answer A / B questions), on no evidence but the two titles (docs/ppr.md, "
-                "\"The CPU preset\").")
+    if mostly_bare(contexts):
+        return ("note: no significant change in pairwise accuracy. Most answers are scored right after the prompt, "
+                "with no tool observation before them: on no evidence but the two titles (docs/ppr.md, \"The CPU "
+                "preset\").")
     return ("note: no significant change in pairwise accuracy. The bidirectional loss can sit at 2 log 2 for "
             "hundreds of steps before the model reads MORE / LESS (docs/ppr.md); train longer (--epochs) or check "
             "metrics.jsonl's loss.")
+
 
 if __name__ == "__main__":
     main()

@@ -230,9 +230,9 @@ def test_the_no_change_note_names_the_contexts_when_most_hold_no_evidence():
     """None for a significant change; the bare-prompt note when fewer than half the contexts hold an observation
     (the preset: 0.046); the plateau note otherwise, or without a summary."""
     significant, unclear = {"lo": 0.01, "hi": 0.2}, {"lo": -0.02, "hi": 0.02}
-    bare, evidence = {"with_observation": 0.046}, {"with_observation": 0.5}
+    bare, evidence = {"tasks": 1034, "with_observation": 0.046}, {"tasks": 1034, "with_observation": 0.5}
     assert train_ppr.no_change_note(significant, bare) is None
-    assert "bare prompt" in train_ppr.no_change_note(unclear, bare)
+    assert "right after the prompt" in train_ppr.no_change_note(unclear, bare)
     assert "2 log 2" in train_ppr.no_change_note(unclear, evidence)
     assert "2 log 2" in train_ppr.no_change_note(unclear, None)
     assert train_ppr.no_change_note({"lo": -0.2, "hi": -0.01}, bare) is None
