@@ -142,17 +142,18 @@ def _mined(path: Path):
     return read_pairs(path), json.loads(path.with_suffix(".stats.json").read_text())
 
 
-def answer_contexts(rollout: Rollout, tasks, cfg: Config, name: str) -> tuple[list[list[int]], dict]:
+def answer_contexts(rollout: Rollout, tasks, cfg: Config, info: D.DistInfo, name: str) -> tuple[list[list[int]], dict]:
     """(contexts, their ``context_summary``): the policy's greedy rollout of each task, cut where its last turn
     begins — the prompt plus the policy's own tool calls and observations, where its answer would begin. Built once,
     with the STAGE-1 policy: contexts rebuilt by the model being trained drift (on the preset its early updates
-    made it stop calling tools, and the evidence vanished from the context it was scored in). The summary is
-    logged under ``name``."""
+    made it stop calling tools, and the evidence vanished from the context it was scored in). The main process logs
+    the summary under ``name`` (every rank builds the same contexts)."""
     trajectories = greedy_run(rollout, tasks, cfg.eval_chunk, desc=f"stage-1 contexts, {name}")
     contexts = [t.ids[:last_turn_start(t.mask)] for t in trajectories]
     summary = context_summary(trajectories, contexts)
-    log.info("stage-1 contexts, %s: %s", name, summary)
-    if mostly_bare(summary):
+    if info.is_main:
+        log.info("stage-1 contexts, %s: %s", name, summary)
+    if info.is_main and mostly_bare(summary):
         log.warning("stage-1 contexts, %s: only %.0f%% hold a tool observation, so most answers are scored right "
                     "after the prompt, on no evidence but the two titles (valid stage-1 A / B answers: %.0f%%)", name,
                     100 * summary["with_observation"], 100 * summary["answered"])
@@ -333,16 +334,17 @@ def build_tasks(run: Run, train_instances, valid) -> Tasks:
     units, replay = tasks, []
     if cfg.objective == "logistic":  # MORE / LESS stay together; train on the tails (evaluation: whole contexts)
         contexts = [c[-cfg.train_context_tokens:] if cfg.train_context_tokens else c
-                    for c in answer_contexts(rollout, tasks, cfg, "train")[0]]
+                    for c in answer_contexts(rollout, tasks, cfg, run.info, "train")[0]]
         units = [list(zip(tasks, contexts))[i:i + _per_unit(cfg)] for i in range(0, len(tasks), _per_unit(cfg))]
         if cfg.replay_coef > 0:
             replay = replay_trajectories(rollout, train_instances[:cfg.replay_instances], cfg)
-    valid_contexts, summary = answer_contexts(rollout, valid_tasks, cfg, "valid")  # before a resumed checkpoint loads
+    # built before a resumed checkpoint is loaded: the stage-1 policy's contexts
+    valid_contexts, summary = answer_contexts(rollout, valid_tasks, cfg, run.info, "valid")
     # the control: valid pairs with a RANDOM negative. Mined pairs are, by construction, those where the stage-1
     # evidence is wrong; a model that learns to distrust that evidence wins on them and loses here.
     control_tasks = bidirectional_tasks(random_pairs(valid[:cfg.valid_mine_instances], cfg.seed + 1), cfg.seed)
     probes = {"mined": (valid_tasks, valid_contexts),
-              "random": (control_tasks, answer_contexts(rollout, control_tasks, cfg, "control")[0])}
+              "random": (control_tasks, answer_contexts(rollout, control_tasks, cfg, run.info, "control")[0])}
     return Tasks(units, replay, probes, mined, summary)
 
 

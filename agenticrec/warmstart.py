@@ -173,8 +173,8 @@ def gate_check(model, tokenizer, data, toolbox, gate: list[Instance], cfg: Agent
     rate, reasons = valid_rate(model, tokenizer, data, toolbox, gate[:head], cfg)
     if sum(reasons.values()) > tolerated or head == len(gate):
         return rate, reasons
-    rest_rate, rest_reasons = valid_rate(model, tokenizer, data, toolbox, gate[head:], cfg)
-    return (rate * head + rest_rate * (len(gate) - head)) / len(gate), dict(Counter(reasons) + Counter(rest_reasons))
+    invalid = Counter(reasons) + Counter(valid_rate(model, tokenizer, data, toolbox, gate[head:], cfg)[1])
+    return 1 - sum(invalid.values()) / len(gate), dict(invalid)
 
 
 def warm_start(model, tokenizer, data: Dataset, toolbox: Toolbox, train: list[Instance], gate: list[Instance],

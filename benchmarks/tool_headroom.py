@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import math
 import re
 
 import numpy as np
