@@ -144,7 +144,7 @@ class Systems:
             enabled = None if cfg.tools in ("all", "none") else tuple(cfg.tools.split(","))
             self.toolbox = toolbox_class(data, None, enabled=enabled)
         else:
-            self.toolbox = make_toolbox(data, cfg.tools, toolbox_class)
+            self.toolbox = make_toolbox(data, cfg.tools, toolbox_class, sasrec_train=preset.sasrec_train(layer))
         if cfg.profiles and cfg.profiles != "none":
             self.toolbox.profiles = load_profiles(cfg.profiles)
             log.info("get_user_profile: %d LLM profiles from %s (others: statistics)", len(self.toolbox.profiles),

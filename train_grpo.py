@@ -103,7 +103,7 @@ def setup(cfg: Config, info: D.DistInfo, out: Path) -> Run:
     layer = preset.layer(out / "preset" / "warm_start") if cfg.model == "preset" else None
     if layer is not None:
         log.info("CPU preset: %s; settings %s", preset.describe(layer), preset.GRPO)
-    toolbox = make_toolbox(data, cfg.tools, preset.toolbox_class(layer), info)
+    toolbox = make_toolbox(data, cfg.tools, preset.toolbox_class(layer), info, preset.sasrec_train(layer))
     prompt_data = preset.prompt_data(data, layer)
     if layer is not None:
         model, tokenizer = preset.preset_policy(data, toolbox, agent_config(cfg), cfg.seed, info, out)

@@ -278,7 +278,7 @@ def setup(cfg: Config, info: D.DistInfo, out: Path) -> Run:
     if layer is not None:
         log.info("CPU preset (from %s): %s", cfg.model, preset.describe(layer))
     data = load_dataset(cfg.dataset)
-    toolbox = make_toolbox(data, cfg.tools, preset.toolbox_class(layer), info)
+    toolbox = make_toolbox(data, cfg.tools, preset.toolbox_class(layer), info, preset.sasrec_train(layer))
     profiles = cfg.profiles or saved.get("profiles")
     if profiles and profiles != "none":
         toolbox.profiles = load_profiles(profiles)

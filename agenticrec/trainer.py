@@ -34,7 +34,7 @@ from agenticrec.model import load_pretrained
 from agenticrec.parsing import Reason
 from agenticrec.policy import group_logprobs
 from agenticrec.reward import ranking_metrics
-from agenticrec.sasrec import load_or_train
+from agenticrec.sasrec import TrainConfig, load_or_train
 from agenticrec.tools import TOOLS, Toolbox
 
 log = logging.getLogger("agenticrec.trainer")
@@ -110,14 +110,16 @@ class TrainingConfig:
     stop_after: int = option(0, "stop after this many steps of this run (tests of resume); 0 = no stop")
 
 
-def make_toolbox(data: Dataset, tools: str, toolbox_class=Toolbox, info: D.DistInfo | None = None) -> Toolbox:
-    """The toolbox over ``data`` with SASRec fitted on its train split (trained once, by rank 0, on a first run);
-    ``tools`` is "all", "none" (every tool is built; the agent is told of none) or a comma list."""
+def make_toolbox(data: Dataset, tools: str, toolbox_class=Toolbox, info: D.DistInfo | None = None,
+                 sasrec_train: TrainConfig = TrainConfig()) -> Toolbox:
+    """The toolbox over ``data`` with SASRec fitted on its train split as ``sasrec_train`` says (trained once, by
+    rank 0, on a first run); ``tools`` is "all", "none" (every tool is built; the agent is told of none) or a comma
+    list."""
     enabled = None if tools in ("all", "none") else tuple(tools.split(","))
     unknown = set(enabled or ()) - {t.name for t in TOOLS}
     if unknown:
         raise SystemExit(f"error: unknown tool(s) in --tools: {', '.join(sorted(unknown))}")
-    sasrec = rank0_first(lambda: load_or_train(data, data.fixed_instances("valid")), info)
+    sasrec = rank0_first(lambda: load_or_train(data, data.fixed_instances("valid"), train_cfg=sasrec_train), info)
     return toolbox_class(data, sasrec, enabled=enabled)
 
 

@@ -110,7 +110,7 @@ def rollout_benchmark(run: Path, groups: int, slot_groups: int, greedy: int, thr
     fields = {f.name for f in dataclasses.fields(TrainingConfig)}
     cfg = TrainingConfig(**{k: v for k, v in preset.GRPO.items() if k in fields})
     layer = preset.layer(run / "preset" / "warm_start")
-    toolbox = make_toolbox(data, cfg.tools, preset.toolbox_class(layer))
+    toolbox = make_toolbox(data, cfg.tools, preset.toolbox_class(layer), sasrec_train=preset.sasrec_train(layer))
     model, tokenizer = preset.preset_policy(data, toolbox, agent_config(cfg), 0, init_distributed("cpu"), run)
     rollout = Rollout(Engine(model, cfg.max_context), tokenizer, preset.prompt_data(data, layer), toolbox,
                       agent_config(cfg))

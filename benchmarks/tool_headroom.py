@@ -36,7 +36,7 @@ import torch
 
 from agenticrec import baselines, preset
 from agenticrec.data import load_dataset
-from agenticrec.sasrec import load_or_train, score_candidates
+from agenticrec.sasrec import TrainConfig, load_or_train, score_candidates
 from agenticrec.stats import bootstrap_ci, paired_bootstrap
 from agenticrec.tools import context_for
 from agenticrec.warmstart import ordering_of
@@ -165,7 +165,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=2000)
     args = parser.parse_args()
     data = load_dataset(args.dataset)
-    sasrec = load_or_train(data, data.fixed_instances("valid"))
+    sasrec = load_or_train(data, data.fixed_instances("valid"), train_cfg=TrainConfig(**preset.SASREC_TRAIN))
     instances = data.fixed_instances(args.split)[:args.limit]
     box = preset.PresetToolbox(data, sasrec)
     ranks, features = tool_evidence(data, box, instances)

@@ -9,10 +9,11 @@ import pytest
 import evaluate
 import train_grpo
 import train_ppr
-from agenticrec import preset
+from agenticrec import preset, trainer
 from agenticrec.agent import AgentConfig, user_message
 from agenticrec.data import Instance
 from agenticrec.preset import PresetToolbox, tool_ordering_scorer
+from agenticrec.sasrec import TrainConfig
 from agenticrec.warmstart import ordering_line, ordering_of
 from agenticrec.tools import TOOLS, Toolbox, ToolContext
 from test_tools import CTX, FakeSASRec, tiny
@@ -94,6 +95,26 @@ def test_the_paper_recipe_builds_the_paper_toolbox_and_the_full_titles():
     assert preset.toolbox_class(layer) is PresetToolbox
     short = preset.prompt_data(data, {**layer, "title_chars": 8})
     assert short.title(4) == "Forza H…" and short.title(6) == "Tetris" and data.title(4) == "Forza Horizon"
+
+
+def test_sasrec_is_trained_as_the_layer_says_wherever_a_checkpoint_is_read(monkeypatch):
+    """The preset's SASRec budget reaches the toolbox (and SASRec's cache key) through the layer; the paper recipe
+    and a layer saved before it recorded one get the method's default."""
+    asked = []
+
+    def load_or_train(data, valid, cfg=None, train_cfg=TrainConfig()):
+        asked.append(train_cfg)
+        return FakeSASRec()
+
+    monkeypatch.setattr(trainer, "load_or_train", load_or_train)
+    data = tiny()
+    monkeypatch.setattr(data, "fixed_instances", lambda split: [])
+    layer = preset.layer("runs/x/preset/warm_start")
+    older = {k: v for k, v in layer.items() if k != "sasrec_train"}
+    for saved in (layer, None, older):
+        evaluate.Systems(evaluate.Config(), data, saved)
+    assert asked == [TrainConfig(epochs=14), TrainConfig(epochs=20, patience=3), TrainConfig()]
+    assert TrainConfig(**json.loads(json.dumps(layer))["sasrec_train"]) == TrainConfig(epochs=14)
 
 
 def test_short_titles_reach_the_prompt_only(boxes):
