@@ -105,7 +105,8 @@ def toolbox_class(preset: dict | None) -> type[Toolbox]:
 def describe(preset: dict) -> str:
     """One line for the log: what the preset layer changes."""
     return (f"titles in prompts cut at {preset['title_chars']} characters; ordering lines after "
-            f"{', '.join(preset['ordering_lines'])}; the frozen policy is the warm start {preset['warm_start']}")
+            f"{', '.join(preset['ordering_lines'])}; SASRec trained for at most {sasrec_train(preset).epochs} epochs; "
+            f"the frozen policy is the warm start {preset['warm_start']}")
 
 
 # ------------------------------------------------------------------------------------------------------------------
