@@ -13,7 +13,8 @@ fourth ranking tool, ``get_session_behavior``) and SASRec. It prints, with 95 % 
 2. on the second half of the instances, selectors fitted on the first half, each against the best single order
    there (paired CI of the difference): the best threshold rule on one feature the agent can read, a linear
    selector over all of them (softmax over the orders, trained to maximise the expected NDCG@10 of the order it
-   picks), and the same two with co-occurrence as a fourth order whose signal is a feature;
+   picks), and the same two with co-occurrence as a fourth order whose signal is a feature (also against
+   co-occurrence alone, the order of ``get_session_behavior``);
 3. against SASRec (paired CI): the best of those choices written as a fixed rule, and orders that MERGE two
    sources (co-occurrence first, its ties broken by the similar users' taste or by SASRec), which no choice of
    one order can give.
@@ -158,6 +159,30 @@ def table(rows: dict[str, np.ndarray], against: np.ndarray | None = None, label:
     print()
 
 
+def held_out_selectors(ranks: dict, features: dict, with_cooc: dict, all_features: dict, fit: slice,
+                       held: slice) -> None:
+    """Selectors fitted on the ``fit`` instances, measured on the ``held`` ones: against the best of the three tools'
+    orders, and those that may pick co-occurrence against co-occurrence alone (``get_session_behavior``'s order)."""
+    best = max(ranks, key=lambda name: ndcg10(ranks[name][fit]).mean())
+    rule, chosen = threshold_rule(ranks, features, fit)
+    rule_cooc, chosen_cooc = threshold_rule(with_cooc, all_features, fit)
+    linear_cooc = linear_selector(with_cooc, all_features, fit)
+    span = f"fitted on instances 1-{fit.stop}, measured on {held.start + 1}-{held.stop}"
+    print(f"selectors {span}; the best single order on the first half: {best}\n")
+    table({f"{best}, copied": ranks[best][held],
+           f"threshold rule: {rule}": chosen[held],
+           "linear selector over the three tools": linear_selector(ranks, features, fit)[held],
+           f"threshold rule with co-occurrence: {rule_cooc}": chosen_cooc[held],
+           "linear selector with co-occurrence": linear_cooc[held],
+           "oracle over the three tools": np.min(list(ranks.values()), axis=0)[held],
+           "oracle over the three tools and co-occurrence": np.min(list(with_cooc.values()), axis=0)[held]},
+          against=ranks[best][held])
+    print(f"the selectors with co-occurrence against co-occurrence alone, {span}\n")
+    table({f"threshold rule with co-occurrence: {rule_cooc}": chosen_cooc[held],
+           "linear selector with co-occurrence": linear_cooc[held]},
+          against=with_cooc[COOCCURRENCE][held], label="co-occurrence")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="games")
@@ -183,19 +208,7 @@ def main() -> None:
            "oracle over the three tools": np.min(list(ranks.values()), axis=0),
            "oracle over the three tools and co-occurrence": np.min(list(with_cooc.values()), axis=0)})
 
-    best = max(ranks, key=lambda name: ndcg10(ranks[name][fit]).mean())
-    rule, chosen = threshold_rule(ranks, features, fit)
-    rule_cooc, chosen_cooc = threshold_rule(with_cooc, all_features, fit)
-    print(f"selectors fitted on instances 1-{n // 2}, measured on {n // 2 + 1}-{n}; the best single order on the "
-          f"first half: {best}\n")
-    table({f"{best}, copied": ranks[best][held],
-           f"threshold rule: {rule}": chosen[held],
-           "linear selector over the three tools": linear_selector(ranks, features, fit)[held],
-           f"threshold rule with co-occurrence: {rule_cooc}": chosen_cooc[held],
-           "linear selector with co-occurrence": linear_selector(with_cooc, all_features, fit)[held],
-           "oracle over the three tools": np.min(list(ranks.values()), axis=0)[held],
-           "oracle over the three tools and co-occurrence": np.min(list(with_cooc.values()), axis=0)[held]},
-          against=ranks[best][held])
+    held_out_selectors(ranks, features, with_cooc, all_features, fit, held)
 
     top_two = [sorted(counts)[-2:] for counts in cooc]
     differ = np.array([second < top for second, top in top_two])  # co-occurrence names one best candidate
