@@ -153,10 +153,10 @@ def answer_contexts(rollout: Rollout, tasks, cfg: Config, info: D.DistInfo, name
     summary = context_summary(trajectories, contexts)
     if info.is_main:
         log.info("stage-1 contexts, %s: %s", name, summary)
-    if info.is_main and mostly_bare(summary):
-        log.warning("stage-1 contexts, %s: only %.0f%% hold a tool observation, so most answers are scored right "
-                    "after the prompt, on no evidence but the two titles (valid stage-1 A / B answers: %.0f%%)", name,
-                    100 * summary["with_observation"], 100 * summary["answered"])
+        if mostly_bare(summary):
+            log.warning("stage-1 contexts, %s: only %.0f%% hold a tool observation, so most answers are scored right "
+                        "after the prompt, on no evidence but the two titles (valid stage-1 A / B answers: %.0f%%)",
+                        name, 100 * summary["with_observation"], 100 * summary["answered"])
     return contexts, summary
 
 
