@@ -32,7 +32,7 @@ from agenticrec.agent import Rollout
 from agenticrec.baselines import cooccurrence_scorer, popularity_scorer, random_scorer
 from agenticrec.checkpoint import CHECKPOINT_SETTINGS, read_train_config
 from agenticrec.cli import option, parse_flags
-from agenticrec.data import build_instances, instances_path, load_dataset, load_instances
+from agenticrec.data import load_dataset, split_instances
 from agenticrec.engine import Engine
 from agenticrec.evaluation import (agent_statistics, agent_table, metric_cis, paired_table, quality_table, render_html,
                                    render_text, run_agent, scorer_ranks, shortlist, shortlist_recall)
@@ -120,12 +120,9 @@ def _from_checkpoint(saved: dict | None, given: dict) -> dict:
 
 
 def eval_instances(cfg: Config, data, num_candidates: int):
-    """The fixed instance file for N = 20; other N are built by the same protocol and seed (deterministic), as
-    files of every size would not fit in the repository."""
-    if instances_path(data.folder, cfg.split, num_candidates).is_file():
-        instances = load_instances(data.folder, cfg.split, num_candidates)  # a corrupt file is an error, not rebuilt
-    else:
-        instances = build_instances(data, cfg.split, num_candidates)[0]
+    """The split's instances of size N (``agenticrec.data.split_instances``: the fixed file, or built by the same
+    protocol and seed), the first --limit of them."""
+    instances = split_instances(data, cfg.split, num_candidates)
     if not instances:
         raise SystemExit(f"error: {data.name} has no {cfg.split} instances")
     return instances[:cfg.limit] if cfg.limit else instances

@@ -37,7 +37,7 @@ from agenticrec import preset
 from agenticrec.agent import Rollout
 from agenticrec.checkpoint import export, load_checkpoint, save_checkpoint, train_config
 from agenticrec.cli import option, parse_flags
-from agenticrec.data import load_dataset, load_instances
+from agenticrec.data import interleaved_instances, load_dataset, load_instances, parse_candidate_sizes
 from agenticrec.profiles import build_profiles
 from agenticrec.reward import ranking_metrics
 from agenticrec.trainer import (DataStream, MetricsLog, Objective, Sampling, TrainingConfig, agent_config,
@@ -62,13 +62,21 @@ class Config(TrainingConfig):
         "", "the LLM profile cache (built and extended as needed); default out/profiles.jsonl.gz; none: statistics")
     activation_checkpointing: bool = option(False, "recompute each decoder layer in the backward pass (long contexts)")
     eval_every: int = option(0, "steps between valid evaluations (0 = only before and after training)")
+    train_candidates: str = option(
+        "20", "candidate-set sizes of the train instances, a comma list (20,50: interleaved; a size other than 20 is "
+              "built by the instance protocol); under the preset the warm start trains on the same sizes")
 
 
 def parse_args(argv=None) -> Config:
     """Defaults, then the preset's settings under --model preset (agenticrec.preset.GRPO), then the given flags."""
     given = parse_flags(Config, __doc__.splitlines()[0], argv)
     overrides = preset.GRPO if given.get("model", Config.model) == "preset" else {}
-    return Config(**{**overrides, **given})
+    cfg = Config(**{**overrides, **given})
+    try:
+        parse_candidate_sizes(cfg.train_candidates)
+    except ValueError as e:
+        raise SystemExit(f"error: --train-candidates: {e}") from None
+    return cfg
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -105,11 +113,13 @@ def setup(cfg: Config, info: D.DistInfo, out: Path) -> Run:
         log.info("CPU preset: %s; settings %s", preset.describe(layer), preset.GRPO)
     toolbox = make_toolbox(data, cfg.tools, preset.toolbox_class(layer), info, preset.sasrec_train(layer))
     prompt_data = preset.prompt_data(data, layer)
+    sizes = parse_candidate_sizes(cfg.train_candidates)
     if layer is not None:
-        model, tokenizer = preset.preset_policy(data, toolbox, agent_config(cfg), cfg.seed, info, out)
+        model, tokenizer = preset.preset_policy(data, toolbox, agent_config(cfg), cfg.seed, info, out, sizes)
     else:
         model, tokenizer = load_policy(cfg.model, info)
-    train, valid = load_instances(cfg.dataset, "train"), load_instances(cfg.dataset, "valid")[:cfg.eval_instances]
+    train = interleaved_instances(data, "train", sizes)
+    valid = load_instances(cfg.dataset, "valid")[:cfg.eval_instances]
     dtype = getattr(torch, cfg.dtype)
     ref_model = reference_policy(model, dtype, info) if cfg.kl_coef > 0 else None
     model.activation_checkpointing = cfg.activation_checkpointing

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import itertools
 import json
 import logging
 import os
@@ -390,6 +391,37 @@ def load_instances(name: str, split: str, num_candidates: int = DEFAULT_CANDIDAT
                         f"--candidates {num_candidates}`")
     return [Instance(str(r["user"]), r["history"], r["target"], r["candidates"], r.get("position"), split)
             for r in read_jsonl(path)]
+
+
+def split_instances(data: Dataset, split: str, num_candidates: int = DEFAULT_CANDIDATES) -> list[Instance]:
+    """A split's instances of size N: the fixed file when there is one (a corrupt file is an error, not rebuilt),
+    else built by the same protocol and seed (deterministic), as files of every size would not fit in the
+    repository."""
+    if instances_path(data.folder or data.name, split, num_candidates).is_file():
+        return data.fixed_instances(split, num_candidates)
+    return build_instances(data, split, num_candidates)[0]
+
+
+def interleaved_instances(data: Dataset, split: str, sizes: Iterable[int]) -> list[Instance]:
+    """The instances of each candidate-set size in ``sizes``, interleaved (the first of each size, then the second
+    of each, ...; a size with fewer instances drops out where it ends, nothing is cut). One size: its instances."""
+    return interleave([split_instances(data, split, n) for n in sizes])
+
+
+def parse_candidate_sizes(text: str) -> tuple[int, ...]:
+    """``"20,50"`` -> (20, 50): distinct candidate-set sizes, each at least 2 (a ranking needs two candidates)."""
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a comma list of integers") from None
+    if any(n < 2 for n in sizes) or len(set(sizes)) != len(sizes):
+        raise ValueError(f"{text!r}: the sizes must be distinct and at least 2")
+    return sizes
+
+
+def interleave(lists: list[list]) -> list:
+    """The first of each list, then the second of each, ...; a shorter list drops out where it ends."""
+    return [x for row in itertools.zip_longest(*lists) for x in row if x is not None]
 
 
 # --------------------------------------------------------------------------------------------------------------------

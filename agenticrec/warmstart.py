@@ -45,7 +45,7 @@ import torch
 from tqdm.auto import tqdm
 
 from agenticrec.agent import AgentConfig, Rollout, build_prompt
-from agenticrec.data import Dataset, Instance
+from agenticrec.data import DEFAULT_CANDIDATES, Dataset, Instance
 from agenticrec.engine import Engine
 from agenticrec.policy import sft_loss
 from agenticrec.tokenizer import IM_END, tool_call_text, tool_response_ids
@@ -66,6 +66,7 @@ class WarmStartConfig:
     batch_size: int = 16
     drill_steps: int = 150  # copy-drill steps before the expert's trajectories (0: none)
     drill_batch_size: int = 32
+    drill_candidates: tuple[int, ...] = (DEFAULT_CANDIDATES,)  # each drill sequence's line: one of these lengths
     max_steps: int = 1500  # an upper bound; the gate normally stops it earlier
     check_every: int = 25  # steps between gate checks
     gate_valid_rate: float = 0.95  # valid-answer rate required of rollouts SAMPLED as GRPO will sample them
@@ -187,7 +188,9 @@ def warm_start(model, tokenizer, data: Dataset, toolbox: Toolbox, train: list[In
     model.train()
     start, history, rate = time.perf_counter(), [], 0.0
     for step in tqdm(range(1, cfg.drill_steps + 1), desc="warm start: copy drill", leave=False):
-        loss = _sft_step(model, optimizer, [copy_drill(tokenizer, rng) for _ in range(cfg.drill_batch_size)], device)
+        drills = [copy_drill(tokenizer, rng, _drill_size(cfg.drill_candidates, rng))
+                  for _ in range(cfg.drill_batch_size)]
+        loss = _sft_step(model, optimizer, drills, device)
     if cfg.drill_steps:
         history.append({"drill_steps": cfg.drill_steps, "loss": loss})
         log.info("warm start: copy drill done, %d steps, loss %.3f", cfg.drill_steps, loss)
@@ -209,6 +212,12 @@ def warm_start(model, tokenizer, data: Dataset, toolbox: Toolbox, train: list[In
     model.eval()
     return {"steps": step, "drill_steps": cfg.drill_steps, "valid_rate": rate,
             "passed_gate": rate >= cfg.gate_valid_rate, "seconds": time.perf_counter() - start, "history": history}
+
+
+def _drill_size(sizes: tuple[int, ...], rng: random.Random) -> int:
+    """One drill's number of candidates: the only size, or one drawn (a single size draws nothing, so the default
+    drill's random stream is that of a drill over 20 numbers alone)."""
+    return sizes[0] if len(sizes) == 1 else rng.choice(sizes)
 
 
 def stratified_coins(n: int, p: float, rng: random.Random) -> list[float]:

@@ -10,7 +10,8 @@ import pytest
 
 from agenticrec.convert import clean_title, prepare_amazon2023
 from agenticrec.data import (DATA_ROOT, DataError, Dataset, Sequence, Window, build_instances, dataset_folder,
-                             instances_path, load_dataset, load_instances, read_jsonl, stats, training_sequences,
+                             instances_path, interleave, interleaved_instances, load_dataset, load_instances,
+                             parse_candidate_sizes, read_jsonl, split_instances, stats, training_sequences,
                              write_jsonl)
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -42,6 +43,35 @@ def test_shipped_instances_follow_the_protocol():
             assert not set(x.candidates) - {x.target} & set(seq.items)  # negatives: never interacted with
         assert {len(by_user[x.user].items) - x.position for x in instances} == {"train": {3}, "valid": {2},
                                                                                "test": {1}}[split]
+
+
+def test_split_instances_read_the_shipped_file_and_build_other_sizes_by_the_protocol():
+    data = load_dataset("beauty2023")
+    assert split_instances(data, "valid") == load_instances("beauty2023", "valid")
+    built = split_instances(data, "valid", 50)
+    assert built == build_instances(data, "valid", 50)[0] and {len(x.candidates) for x in built} == {50}
+    assert [x.target for x in built] == [x.target for x in load_instances("beauty2023", "valid")]
+
+
+def test_interleaved_instances_alternate_sizes_and_cut_nothing():
+    assert interleave([["a1", "a2", "a3"], ["b1"], ["c1", "c2"]]) == ["a1", "b1", "c1", "a2", "c2", "a3"]
+    data = load_dataset("beauty2023")
+    mixed = interleaved_instances(data, "train", (20, 50))
+    assert [len(x.candidates) for x in mixed[:4]] == [20, 50, 20, 50] and len(mixed) == 2 * 253
+    assert mixed[0::2] == load_instances("beauty2023", "train")
+    assert interleaved_instances(data, "train", (20,)) == load_instances("beauty2023", "train")
+
+
+@pytest.mark.parametrize("text, sizes", [("20", (20,)), ("20,50", (20, 50)), ("50,20", (50, 20))])
+def test_candidate_sizes_parse_in_order(text, sizes):
+    assert parse_candidate_sizes(text) == sizes
+
+
+@pytest.mark.parametrize("text, message", [("20,x", "not a comma list"), ("20,20", "distinct"),
+                                           ("1", "at least 2"), ("", "not a comma list")])
+def test_bad_candidate_sizes_are_clear_errors(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_candidate_sizes(text)
 
 
 def tiny_dataset(protocol="leave_one_out", **meta) -> Dataset:

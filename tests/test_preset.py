@@ -158,6 +158,33 @@ def test_train_grpo_preset_is_the_defaults_plus_the_preset_plus_the_flags():
     assert train_grpo.parse_args(["--lr", "3e-4"]) == train_grpo.Config(**{**preset.GRPO, "lr": 3e-4})
 
 
+def test_train_grpo_refuses_bad_train_candidates_before_it_starts():
+    assert train_grpo.parse_args(["--train-candidates", "20,50"]).train_candidates == "20,50"
+    with pytest.raises(SystemExit, match="--train-candidates: '20,20': the sizes must be distinct"):
+        train_grpo.parse_args(["--train-candidates", "20,20"])
+
+
+def test_a_cached_warm_start_is_reused_only_for_the_sizes_it_was_trained_on(tmp_path):
+    report = tmp_path / "warm_start_report.json"
+    preset._check_cached_sizes(report, (20, 50))  # no report: nothing to compare
+    report.write_text(json.dumps({"steps": 75}))  # written before reports named their sizes: the default
+    preset._check_cached_sizes(report, (20,))
+    with pytest.raises(SystemExit, match=r"trained on \(20,\) candidates, not \(20, 50\)"):
+        preset._check_cached_sizes(report, (20, 50))
+    report.write_text(json.dumps({"candidate_sizes": [20, 50]}))
+    preset._check_cached_sizes(report, (20, 50))
+
+
+def test_the_preset_tokenizer_has_one_token_per_candidate_number_of_each_trained_size(tmp_path):
+    data = tiny()
+    default = preset.preset_tokenizer(data, tmp_path / "20", vocab_size=600, split_digits=False)
+    mixed = preset.preset_tokenizer(data, tmp_path / "50", vocab_size=600, split_digits=False,
+                                    candidate_sizes=(20, 50))
+    assert all(len(mixed.encode(str(n), add_special_tokens=False)) == 1 for n in range(1, 51))
+    assert all(len(default.encode(str(n), add_special_tokens=False)) == 1 for n in range(1, 21))
+    assert [len(default.encode(str(n), add_special_tokens=False)) for n in (37, 48)] == [2, 2]
+
+
 def test_every_flag_has_its_help_from_the_dataclass(capsys):
     for module in (train_grpo, train_ppr, evaluate):
         with pytest.raises(SystemExit):

@@ -115,6 +115,14 @@ def test_copy_drill_answers_with_the_top_k_of_its_ordering(tokenizer, seed):
     assert mask == sorted(mask)  # observation (mask 0) first, then only the sampled answer turn (mask 1)
 
 
+def test_a_drill_over_one_size_draws_nothing_and_a_mix_draws_each_size():
+    rng, untouched = random.Random(3), random.Random(3)
+    assert [warmstart._drill_size((20,), rng) for _ in range(5)] == [20] * 5
+    assert rng.random() == untouched.random()  # the default drill's random stream is unchanged
+    drawn = Counter(warmstart._drill_size((20, 50), rng) for _ in range(400))
+    assert set(drawn) == {20, 50} and 150 < drawn[50] < 250
+
+
 def test_sft_loss_is_the_mean_nll_of_the_sampled_tokens():
     """The warm start's and PPR rehearsal's loss: -sum_j mask[j] log pi(ids[j] | ids[:j]) / sum_j mask[j] over
     the batch (j >= 1), each sequence scored alone without padding."""
