@@ -251,8 +251,8 @@ def preset_tokenizer(data, folder, vocab_size: int = 4096, split_digits: bool = 
     Hugging Face tokenizer folder; reused when present. The number lists give each candidate number of a trained
     size one token: a number the BPE splits ("37" -> "3", "7") is copied digit by digit, which the tiny model's
     copying circuit does not learn in the warm start's drill (measured on a mix of 20 and 50: drill loss 0.44 after 150
-    steps, against 0.006 after 300 with whole-number tokens; ``duplicate_index`` answers on the N = 50 half of the
-    gate after 200 expert steps)."""
+    steps, against 0.006 after 300 with whole-number tokens; after 200 expert steps 7 of the gate's first 16 sampled
+    answers, 8 of each size, still repeated a number: ``duplicate_index``)."""
     from agenticrec.agent import SYSTEM_NO_TOOLS, SYSTEM_WITH_TOOLS
     from agenticrec.tokenizer import load_tokenizer, tool_call_text, train_bpe_tokenizer
     from agenticrec.tools import TOOLS
