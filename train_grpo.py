@@ -37,13 +37,14 @@ from agenticrec import preset
 from agenticrec.agent import Rollout
 from agenticrec.checkpoint import export, load_checkpoint, save_checkpoint, train_config
 from agenticrec.cli import option, parse_flags
-from agenticrec.data import interleaved_instances, load_dataset, load_instances, parse_candidate_sizes
+from agenticrec.data import interleaved_instances, load_dataset, load_instances
 from agenticrec.profiles import build_profiles
 from agenticrec.reward import ranking_metrics
 from agenticrec.trainer import (DataStream, MetricsLog, Objective, Sampling, TrainingConfig, agent_config,
                                 collect_groups, evaluate_and_save, group_stats, load_policy, make_rollout,
                                 make_toolbox, reference_policy, release_rollout, start_run, summarize,
-                                sync_rollout, tool_path_stats, update, update_metrics, warmup_schedule)
+                                sync_rollout, tool_path_stats, train_sizes, update, update_metrics,
+                                warmup_schedule)
 
 log = logging.getLogger("train_grpo")
 
@@ -62,9 +63,6 @@ class Config(TrainingConfig):
         "", "the LLM profile cache (built and extended as needed); default out/profiles.jsonl.gz; none: statistics")
     activation_checkpointing: bool = option(False, "recompute each decoder layer in the backward pass (long contexts)")
     eval_every: int = option(0, "steps between valid evaluations (0 = only before and after training)")
-    train_candidates: str = option(
-        "20", "candidate-set sizes of the train instances, a comma list (20,50: interleaved; a size other than 20 is "
-              "built by the instance protocol); under the preset the warm start trains on the same sizes")
 
 
 def parse_args(argv=None) -> Config:
@@ -72,10 +70,7 @@ def parse_args(argv=None) -> Config:
     given = parse_flags(Config, __doc__.splitlines()[0], argv)
     overrides = preset.GRPO if given.get("model", Config.model) == "preset" else {}
     cfg = Config(**{**overrides, **given})
-    try:
-        parse_candidate_sizes(cfg.train_candidates)
-    except ValueError as e:
-        raise SystemExit(f"error: --train-candidates: {e}") from None
+    train_sizes(cfg)  # a clear error before the run starts
     return cfg
 
 
@@ -113,7 +108,7 @@ def setup(cfg: Config, info: D.DistInfo, out: Path) -> Run:
         log.info("CPU preset: %s; settings %s", preset.describe(layer), preset.GRPO)
     toolbox = make_toolbox(data, cfg.tools, preset.toolbox_class(layer), info, preset.sasrec_train(layer))
     prompt_data = preset.prompt_data(data, layer)
-    sizes = parse_candidate_sizes(cfg.train_candidates)
+    sizes = train_sizes(cfg)
     if layer is not None:
         model, tokenizer = preset.preset_policy(data, toolbox, agent_config(cfg), cfg.seed, info, out, sizes)
     else:

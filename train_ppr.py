@@ -20,8 +20,8 @@ How this differs from the paper's description (docs/ppr.md has the math):
    (with tools) and the likelihood margin; both again on random-negative valid pairs (a control for the selection
    effect of mining); and the ranking task's H@1 and NDCG@10 on valid instances, each with a paired bootstrap CI
    (out/report.json).
-6. The agent settings (tools, budgets, context) and the preset layer, if any, come from the stage-1 checkpoint's
-   train_config.json unless given; every value taken from it is logged.
+6. The agent settings (tools, budgets, context), the train candidate-set sizes and the preset layer, if any, come
+   from the stage-1 checkpoint's train_config.json unless given; every value taken from it is logged.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from agenticrec.agent import Rollout
 from agenticrec.checkpoint import (CHECKPOINT_SETTINGS, export, load_checkpoint, read_train_config,
                                    save_checkpoint, train_config)
 from agenticrec.cli import option, parse_flags
-from agenticrec.data import load_dataset, load_instances
+from agenticrec.data import Dataset, interleaved_instances, load_dataset, load_instances
 from agenticrec.policy import sft_loss
 from agenticrec.ppr import (answer_text, bidirectional_loss, bidirectional_tasks, choice_margins, mine_pairs,
                             random_pairs, read_pairs, write_pairs)
@@ -56,7 +56,7 @@ from agenticrec.stats import paired_bootstrap
 from agenticrec.trainer import (DataStream, MetricsLog, Objective, Sampling, TrainingConfig, collect_groups,
                                 evaluate, greedy_rollout, greedy_run, group_stats, load_policy, make_rollout,
                                 make_toolbox, reference_policy, release_rollout, rows_per_call, start_run,
-                                summarize, sync_rollout, update, update_metrics, warmup_schedule)
+                                summarize, sync_rollout, train_sizes, update, update_metrics, warmup_schedule)
 
 log = logging.getLogger("train_ppr")
 
@@ -87,17 +87,23 @@ class Config(TrainingConfig):
     drop_all_equal: bool = option(True, "drop groups with equal rewards (no signal with 0 / 1 rewards)")
 
 
+# What PPR takes from the stage-1 checkpoint: its dataset and agent settings, and the candidate-set sizes it trained
+# on (mining and rehearsal on 20 candidates alone would let a policy trained on 20 and 50 forget the 50).
+STAGE1_SETTINGS = (*CHECKPOINT_SETTINGS, "train_candidates")
+
+
 def parse_args(argv=None) -> tuple[Config, dict]:
     """(Config, the settings taken from the stage-1 checkpoint). Layers, last wins: the defaults; the stage-1
-    checkpoint's dataset and agent settings (its train_config.json, CHECKPOINT_SETTINGS); on a preset checkpoint
-    the PPR preset (agenticrec.preset.PPR); the given flags."""
+    checkpoint's dataset, agent settings and train candidate-set sizes (its train_config.json, STAGE1_SETTINGS); on
+    a preset checkpoint the PPR preset (agenticrec.preset.PPR); the given flags."""
     given = parse_flags(Config, __doc__.splitlines()[0], argv)
     saved = read_train_config(given.get("model", Config.model)) or {"config": {}, "preset": None}
-    taken = {k: saved["config"][k] for k in CHECKPOINT_SETTINGS if k in saved["config"]}
+    taken = {k: saved["config"][k] for k in STAGE1_SETTINGS if k in saved["config"]}
     taken.update(preset.PPR if saved["preset"] else {})
     cfg = Config(**{**taken, **given})
     if cfg.objective not in ("grpo", "logistic"):
         raise SystemExit(f"error: --objective must be grpo or logistic, got {cfg.objective!r}")
+    train_sizes(cfg)
     return cfg, {k: v for k, v in taken.items() if k not in given}
 
 
@@ -262,6 +268,7 @@ class Run:
     cfg: Config
     info: D.DistInfo
     out: Path
+    data: Dataset
     layer: dict | None  # the stage-1 checkpoint's preset layer (agenticrec.preset.layer), None for the paper recipe
     profiles: str | None  # the LLM profile cache get_user_profile serves, None for the statistics fallback
     model: torch.nn.Module
@@ -290,7 +297,7 @@ def setup(cfg: Config, info: D.DistInfo, out: Path) -> Run:
     model = D.shard(model, info, dtype)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rollout = make_rollout(model, cfg, info, tokenizer, preset.prompt_data(data, layer), toolbox)
-    return Run(cfg, info, out, layer, profiles if toolbox.profiles else None, model, ref_model, tokenizer, rollout,
+    return Run(cfg, info, out, data, layer, profiles if toolbox.profiles else None, model, ref_model, tokenizer, rollout,
                optimizer, warmup_schedule(optimizer, cfg.warmup_steps))
 
 
@@ -363,7 +370,7 @@ def main(argv=None) -> None:
     if taken:
         log.info("settings from %s/train_config.json: %s", cfg.model, taken)
     run = setup(cfg, info, out)
-    train_instances = load_instances(cfg.dataset, "train")
+    train_instances = interleaved_instances(run.data, "train", train_sizes(cfg))
     train_instances = train_instances[:cfg.mine_instances] if cfg.mine_instances else train_instances
     valid = load_instances(cfg.dataset, "valid")
     tasks = build_tasks(run, train_instances, valid)

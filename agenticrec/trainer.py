@@ -27,7 +27,7 @@ from agenticrec import distributed as D
 from agenticrec.agent import (CONTEXT_LIMIT, TOOL_BUDGET_EXCEEDED, TOOLS_DISABLED, TURN_TOKEN_LIMIT, AgentConfig,
                               Rollout, Trajectory)
 from agenticrec.cli import option
-from agenticrec.data import Dataset
+from agenticrec.data import Dataset, parse_candidate_sizes
 from agenticrec.engine import Engine
 from agenticrec.grpo import advantage_stats, group_advantages, grpo_loss, keep_group
 from agenticrec.model import load_pretrained
@@ -108,6 +108,10 @@ class TrainingConfig:
     threads: int = option(2, "torch threads per process (pinned: budget by steps, not wall clock)")
     seed: int = option(0, "all randomness derives from (seed, step, rank)")
     stop_after: int = option(0, "stop after this many steps of this run (tests of resume); 0 = no stop")
+    train_candidates: str = option(
+        "20", "candidate-set sizes of the train instances (GRPO's stream; PPR's mining and rehearsal), a comma list "
+              "(20,50: interleaved; a size other than 20 is built by the instance protocol); under the preset the "
+              "warm start trains on the same sizes")
 
 
 def make_toolbox(data: Dataset, tools: str, toolbox_class=Toolbox, info: D.DistInfo | None = None,
@@ -139,6 +143,14 @@ def agent_config(cfg, temperature: float | None = None) -> AgentConfig:
     return AgentConfig(max_tool_calls=cfg.max_tool_calls, max_turn_tokens=cfg.max_turn_tokens,
                        max_context=cfg.max_context, use_tools=cfg.tools != "none",
                        temperature=cfg.temperature if temperature is None else temperature)
+
+
+def train_sizes(cfg: TrainingConfig) -> tuple[int, ...]:
+    """The candidate-set sizes of ``--train-candidates``; a bad list is a clear error (SystemExit)."""
+    try:
+        return parse_candidate_sizes(cfg.train_candidates)
+    except ValueError as e:
+        raise SystemExit(f"error: --train-candidates: {e}") from None
 
 
 def load_policy(folder: str, info: D.DistInfo):

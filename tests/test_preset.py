@@ -164,6 +164,16 @@ def test_train_grpo_refuses_bad_train_candidates_before_it_starts():
         train_grpo.parse_args(["--train-candidates", "20,20"])
 
 
+def test_train_ppr_mines_on_the_candidate_sizes_its_stage_1_run_trained_on(tmp_path):
+    stage1 = train_grpo.Config(model="/models/qwen", dataset="beauty2023", train_candidates="20,50")
+    folder = saved_checkpoint(tmp_path / "final", "train_grpo.py", stage1, None)
+    cfg, taken = train_ppr.parse_args(["--model", str(folder)])
+    assert cfg.train_candidates == taken["train_candidates"] == "20,50"
+    assert train_ppr.parse_args(["--model", str(folder), "--train-candidates", "20"])[0].train_candidates == "20"
+    with pytest.raises(SystemExit, match="--train-candidates: '20,x' is not a comma list"):
+        train_ppr.parse_args(["--model", str(folder), "--train-candidates", "20,x"])
+
+
 def test_a_cached_warm_start_is_reused_only_for_the_sizes_it_was_trained_on(tmp_path):
     report = tmp_path / "warm_start_report.json"
     preset._check_cached_sizes(report, (20, 50))  # no report: nothing to compare
@@ -207,7 +217,8 @@ def test_train_ppr_and_evaluate_on_a_paper_checkpoint_take_only_its_dataset_and_
                                lr=3e-6)
     folder = saved_checkpoint(tmp_path / "final", "train_grpo.py", stage1, None)
     cfg, taken = train_ppr.parse_args(["--model", str(folder), "--max-context", "8192"])
-    assert taken == {"dataset": "beauty", "tools": "get_user_profile", "max_tool_calls": 10, "max_turn_tokens": 512}
+    assert taken == {"dataset": "beauty", "tools": "get_user_profile", "max_tool_calls": 10, "max_turn_tokens": 512,
+                     "train_candidates": "20"}
     assert cfg == train_ppr.Config(model=str(folder), dataset="beauty", tools="get_user_profile", max_context=8192)
     eval_cfg, layer = evaluate.parse_args(["--checkpoint", str(folder), "--split", "valid"])
     assert layer is None and eval_cfg == evaluate.Config(checkpoint=str(folder), dataset="beauty", split="valid",
@@ -227,7 +238,7 @@ def test_a_preset_checkpoint_brings_its_layer_to_train_ppr_and_evaluate(tmp_path
     agent = {"dataset": "games", **{k: preset.GRPO[k] for k in ("tools", "max_tool_calls", "max_turn_tokens",
                                                                   "max_context")}}
     assert cfg == train_ppr.Config(**{"model": str(folder), **agent, **preset.PPR, "epochs": 2.0})
-    assert taken == {**agent, **{k: v for k, v in preset.PPR.items() if k != "epochs"}}
+    assert taken == {**agent, "train_candidates": "20", **{k: v for k, v in preset.PPR.items() if k != "epochs"}}
     eval_cfg, layer = evaluate.parse_args(["--checkpoint", str(folder)])
     assert layer == preset.layer(warm)
     assert eval_cfg == evaluate.Config(checkpoint=str(folder), frozen=str(warm), **agent)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import train_ppr
+from agenticrec.data import load_dataset, load_instances, split_instances
 from agenticrec.model import Qwen3, load_pretrained
 from agenticrec.ppr import random_pairs, read_pairs
 from agenticrec.tasks import LESS, MORE
@@ -71,6 +72,22 @@ def test_pairs_from_reuses_an_earlier_runs_pairs(policy, tmp_path, monkeypatch):
             read_pairs(tmp_path / "first" / f"pairs_{split}.jsonl")
     with pytest.raises(SystemExit, match="pairs_train.jsonl is missing"):
         train_ppr.main(args + ["--out", str(tmp_path / "third"), "--pairs-from", str(tmp_path / "nowhere")])
+
+
+def test_mining_and_rehearsal_draw_on_every_train_candidate_size_interleaved(policy, tmp_path, monkeypatch):
+    class Mined(Exception):
+        pass
+
+    def mine(rollout, instances, cfg, info, path, split):
+        raise Mined(instances)
+    monkeypatch.setattr(train_ppr, "mine", mine)
+    with pytest.raises(Mined) as mined:
+        train_ppr.main(["--model", str(policy), *SMALL, "--train-candidates", "20,50", "--out", str(tmp_path)])
+    instances = mined.value.args[0]
+    assert [len(x.candidates) for x in instances] == [20, 50] * 6  # --mine-instances 12
+    fixed = load_instances("beauty2023", "train")
+    assert instances[0::2] == fixed[:6] and instances[1::2] != fixed[:6]
+    assert instances[1::2] == split_instances(load_dataset("beauty2023"), "train", 50)[:6]
 
 
 def test_unknown_objective_is_a_clear_error(policy):
