@@ -3,6 +3,7 @@ agent statistics, the two-stage shortlist, trajectory rendering, and evaluate.py
 
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -273,3 +274,20 @@ def test_ablation_and_per_tool_tables_have_their_rows(policy):
     no_tools = evaluate.main(small + ["--tools", "none"])
     assert list(no_tools["rows"]) == ["agent, no tools"]
     assert no_tools["rows"]["agent, no tools"]["agent"]["tool_calls_per_request"] == 0.0
+
+
+def test_copy_fidelity_compares_each_answer_with_the_last_line_it_read_by_hand():
+    from benchmarks.copy_fidelity import fidelity, line_rank, row
+    x = Instance("u", [1, 2], 30, [10, 20, 30, 40], position=3)  # the target is candidate 3
+    line = SimpleNamespace(observation="evidence\nCandidates by co-occurrence, best first: 3, 1, 4, 2")
+    t = [SimpleNamespace(instance=x, tool_calls=[line], ranking=(30, 10), invalid_reason=None, rank=1),  # copied
+         SimpleNamespace(instance=x, tool_calls=[line], ranking=(10, 30), invalid_reason=None, rank=2),  # both differ
+         SimpleNamespace(instance=x, tool_calls=[line], ranking=None, invalid_reason="duplicate_index", rank=None),
+         SimpleNamespace(instance=x, tool_calls=[], ranking=(40, 30), invalid_reason=None, rank=2),  # no line read
+         SimpleNamespace(instance=x, tool_calls=[line], ranking=(30, 40), invalid_reason=None, rank=1)]  # 2nd differs
+    assert [line_rank(u) for u in t] == [1, 1, 1, None, 1]
+    assert fidelity(t) == {"valid": 0.8, "exact": 1 / 3, "differing": 0.5}
+    ndcg2 = 1 / math.log2(3)
+    agent_n10, line_n10 = (2 + 2 * ndcg2) / 5, 0.8
+    assert row(5, t).startswith("| 5 | 5 | 0.800 | 0.333 | 0.500 | 0.400 / 0.800 | -0.400 [")
+    assert f"| {agent_n10:.3f} / {line_n10:.3f} | {agent_n10 - line_n10:+.3f} [" in row(5, t)
