@@ -297,8 +297,8 @@ def setup(cfg: Config, info: D.DistInfo, out: Path) -> Run:
     model = D.shard(model, info, dtype)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rollout = make_rollout(model, cfg, info, tokenizer, preset.prompt_data(data, layer), toolbox)
-    return Run(cfg, info, out, data, layer, profiles if toolbox.profiles else None, model, ref_model, tokenizer, rollout,
-               optimizer, warmup_schedule(optimizer, cfg.warmup_steps))
+    return Run(cfg, info, out, data, layer, profiles if toolbox.profiles else None, model, ref_model, tokenizer,
+               rollout, optimizer, warmup_schedule(optimizer, cfg.warmup_steps))
 
 
 def mined_pairs(run: Run, train_instances, valid) -> dict[str, tuple]:

@@ -421,7 +421,8 @@ def parse_candidate_sizes(text: str) -> tuple[int, ...]:
 
 def interleave(lists: list[list]) -> list:
     """The first of each list, then the second of each, ...; a shorter list drops out where it ends."""
-    return [x for row in itertools.zip_longest(*lists) for x in row if x is not None]
+    gap = object()  # fills the ends of shorter lists; never an item
+    return [x for row in itertools.zip_longest(*lists, fillvalue=gap) for x in row if x is not gap]
 
 
 # --------------------------------------------------------------------------------------------------------------------

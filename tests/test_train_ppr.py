@@ -74,7 +74,8 @@ def test_pairs_from_reuses_an_earlier_runs_pairs(policy, tmp_path, monkeypatch):
         train_ppr.main(args + ["--out", str(tmp_path / "third"), "--pairs-from", str(tmp_path / "nowhere")])
 
 
-def test_mining_and_rehearsal_draw_on_every_train_candidate_size_interleaved(policy, tmp_path, monkeypatch):
+def test_mining_draws_on_every_train_candidate_size_interleaved(policy, tmp_path, monkeypatch):
+    """The train list ``mine`` receives; the rehearsal data is the head of the same list (``build_tasks``)."""
     class Mined(Exception):
         pass
 
