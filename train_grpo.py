@@ -37,14 +37,14 @@ from agenticrec import preset
 from agenticrec.agent import Rollout
 from agenticrec.checkpoint import export, load_checkpoint, save_checkpoint, train_config
 from agenticrec.cli import option, parse_flags
-from agenticrec.data import interleaved_instances, load_dataset, load_instances
+from agenticrec.data import interleaved_instances, load_dataset
 from agenticrec.profiles import build_profiles
 from agenticrec.reward import ranking_metrics
 from agenticrec.trainer import (DataStream, MetricsLog, Objective, Sampling, TrainingConfig, agent_config,
-                                collect_groups, evaluate_and_save, group_stats, load_policy, make_rollout,
-                                make_toolbox, reference_policy, release_rollout, start_run, summarize,
-                                sync_rollout, tool_path_stats, train_sizes, update, update_metrics,
-                                warmup_schedule)
+                                collect_groups, eval_sizes, evaluate_and_save, group_stats, load_policy,
+                                make_rollout, make_toolbox, reference_policy, release_rollout, size_breakdown,
+                                size_lines, start_run, summarize, sync_rollout, tool_path_stats, train_sizes, update,
+                                update_metrics, valid_instances, warmup_schedule)
 
 log = logging.getLogger("train_grpo")
 
@@ -70,7 +70,7 @@ def parse_args(argv=None) -> Config:
     given = parse_flags(Config, __doc__.splitlines()[0], argv)
     overrides = preset.GRPO if given.get("model", Config.model) == "preset" else {}
     cfg = Config(**{**overrides, **given})
-    train_sizes(cfg)  # a clear error before the run starts
+    train_sizes(cfg), eval_sizes(cfg)  # a clear error before the run starts
     return cfg
 
 
@@ -114,7 +114,7 @@ def setup(cfg: Config, info: D.DistInfo, out: Path) -> Run:
     else:
         model, tokenizer = load_policy(cfg.model, info)
     train = interleaved_instances(data, "train", sizes)
-    valid = load_instances(cfg.dataset, "valid")[:cfg.eval_instances]
+    valid = valid_instances(data, cfg)
     dtype = getattr(torch, cfg.dtype)
     ref_model = reference_policy(model, dtype, info) if cfg.kl_coef > 0 else None
     model.activation_checkpointing = cfg.activation_checkpointing
@@ -210,8 +210,8 @@ def finish(run: Run) -> None:
 
 def final_report(run: Run) -> dict:
     """Before vs after GRPO on the same valid instances (paired bootstrap CI of the NDCG@10 gain), under the preset
-    each ranking tool's own order copied verbatim, and the per-tool call rates; printed and written to
-    out/report.json."""
+    each ranking tool's own order copied verbatim, the per-tool call rates and, when the run evaluates several
+    candidate-set sizes (``--eval-candidates``), before vs after on each; printed and written to out/report.json."""
     from agenticrec.stats import paired_bootstrap
     out, steps, toolbox = run.out, run.steps, run.rollout.toolbox
     before, after = (json.loads((out / "evals" / f"step_{s:06d}.json").read_text()) for s in (0, steps))
@@ -228,8 +228,11 @@ def final_report(run: Run) -> dict:
     lines.append("tool calls per rollout (answered after it): " + "; ".join(
         f"{n} {before[f'eval_calls_{n}']:.2f} ({before[f'eval_last_{n}']:.2f}) -> {after[f'eval_calls_{n}']:.2f} "
         f"({after[f'eval_last_{n}']:.2f})" for n in (t.name for t in toolbox.tools)))
+    sizes = size_breakdown(run.valid, before["ranks"], after["ranks"])
+    lines += size_lines(sizes, "start", "GRPO")
     print("\n".join(lines), flush=True)
-    report = {"gain_ndcg10": gain, "rows": {k: {m: v for m, v in r.items() if m != "ranks"} for k, r in rows.items()}}
+    report = {"gain_ndcg10": gain, "rows": {k: {m: v for m, v in r.items() if m != "ranks"} for k, r in rows.items()},
+              "by_size": sizes}
     (out / "report.json").write_text(json.dumps(report, indent=2))
     return report
 

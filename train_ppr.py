@@ -54,9 +54,10 @@ from agenticrec.profiles import load_profiles
 from agenticrec.reward import hit_at, ndcg_at
 from agenticrec.stats import paired_bootstrap
 from agenticrec.trainer import (DataStream, MetricsLog, Objective, Sampling, TrainingConfig, collect_groups,
-                                evaluate, greedy_rollout, greedy_run, group_stats, load_policy, make_rollout,
-                                make_toolbox, reference_policy, release_rollout, rows_per_call, start_run,
-                                summarize, sync_rollout, train_sizes, update, update_metrics, warmup_schedule)
+                                eval_sizes, evaluate, greedy_rollout, greedy_run, group_stats, load_policy,
+                                make_rollout, make_toolbox, reference_policy, release_rollout, rows_per_call,
+                                size_breakdown, size_lines, start_run, summarize, sync_rollout, train_sizes, update,
+                                update_metrics, valid_instances, warmup_schedule)
 
 log = logging.getLogger("train_ppr")
 
@@ -88,7 +89,8 @@ class Config(TrainingConfig):
 
 
 # What PPR takes from the stage-1 checkpoint: its dataset and agent settings, and the candidate-set sizes it trained
-# on (mining and rehearsal on 20 candidates alone would let a policy trained on 20 and 50 forget the 50).
+# on (mining and rehearsal on 20 candidates alone would let a policy trained on 20 and 50 forget the 50); the ranking
+# is evaluated on the sizes stage 1 was evaluated on, whatever PPR trains on, so that such a loss shows in the report.
 STAGE1_SETTINGS = (*CHECKPOINT_SETTINGS, "train_candidates")
 
 
@@ -99,11 +101,13 @@ def parse_args(argv=None) -> tuple[Config, dict]:
     given = parse_flags(Config, __doc__.splitlines()[0], argv)
     saved = read_train_config(given.get("model", Config.model)) or {"config": {}, "preset": None}
     taken = {k: saved["config"][k] for k in STAGE1_SETTINGS if k in saved["config"]}
+    stage1_sizes = saved["config"].get("eval_candidates") or saved["config"].get("train_candidates")
+    taken.update({"eval_candidates": stage1_sizes} if stage1_sizes else {})
     taken.update(preset.PPR if saved["preset"] else {})
     cfg = Config(**{**taken, **given})
     if cfg.objective not in ("grpo", "logistic"):
         raise SystemExit(f"error: --objective must be grpo or logistic, got {cfg.objective!r}")
-    train_sizes(cfg)
+    train_sizes(cfg), eval_sizes(cfg)
     return cfg, {k: v for k, v in taken.items() if k not in given}
 
 
@@ -372,14 +376,15 @@ def main(argv=None) -> None:
     run = setup(cfg, info, out)
     train_instances = interleaved_instances(run.data, "train", train_sizes(cfg))
     train_instances = train_instances[:cfg.mine_instances] if cfg.mine_instances else train_instances
-    valid = load_instances(cfg.dataset, "valid")
+    valid = load_instances(cfg.dataset, "valid")  # the A / B evaluation pairs are mined from these
     tasks = build_tasks(run, train_instances, valid)
+    ranking_valid = valid_instances(run.data, cfg)
     stream = DataStream(tasks.units, cfg.seed, info)
     steps = cfg.steps or math.ceil(cfg.epochs * len(tasks.units) * _per_unit(cfg) / cfg.batch_size)
     start = load_checkpoint(run.model, run.optimizer, run.scheduler, stream, info, out) if cfg.resume else 0
     sync_rollout(run.rollout, run.model, run.info)
     metrics = MetricsLog(out / "metrics.jsonl", info)
-    before = evaluation(run, tasks.probes, valid[:cfg.eval_instances], start)
+    before = evaluation(run, tasks.probes, ranking_valid, start)
 
     bar = tqdm(range(start, steps), desc=f"PPR ({cfg.objective})", disable=not info.is_main, initial=start,
                total=steps)
@@ -399,11 +404,12 @@ def main(argv=None) -> None:
             return
 
     sync_rollout(run.rollout, run.model, run.info)
-    after = evaluation(run, tasks.probes, valid[:cfg.eval_instances], steps)
+    after = evaluation(run, tasks.probes, ranking_valid, steps)
     saved = train_config("train_ppr.py", cfg, run.layer, profiles=run.profiles, stage1=cfg.model)
     export(run.model, info, out / "final", run.tokenizer, saved)
     if info.is_main:
-        report(out, before, after, tasks.mined["train"][1], tasks.mined["valid"][1], tasks.valid_contexts)
+        report(out, before, after, tasks.mined["train"][1], tasks.mined["valid"][1], tasks.valid_contexts,
+               size_breakdown(ranking_valid, before["ranks"], after["ranks"]))
     D.shutdown(info)
 
 
@@ -453,9 +459,10 @@ def evaluation(run: Run, probes: dict, valid_instances, step: int) -> dict:
 
 
 def report(out: Path, before: dict, after: dict, mining: dict, valid_mining: dict,
-           contexts: dict | None = None) -> dict:
-    """Before vs after with paired bootstrap CIs, and what the valid tasks' stage-1 contexts hold (``contexts``, a
-    ``context_summary``); printed and written to out/report.json."""
+           contexts: dict | None = None, sizes: dict | None = None) -> dict:
+    """Before vs after with paired bootstrap CIs, what the valid tasks' stage-1 contexts hold (``contexts``, a
+    ``context_summary``) and the ranking on each candidate-set size (``sizes``, a ``trainer.size_breakdown``);
+    printed and written to out/report.json."""
     hit1 = [[hit_at(r or None, 1) for r in e["ranks"]] for e in (before, after)]  # rank 0: absent or invalid
     ndcg10 = [[ndcg_at(r or None, 10) for r in e["ranks"]] for e in (before, after)]
     series = {"pairwise accuracy, agent answer (greedy, tools)": (before["agent"], after["agent"]),
@@ -472,6 +479,7 @@ def report(out: Path, before: dict, after: dict, mining: dict, valid_mining: dic
     for name, ci in rows.items():
         lines.append(f"{name:<50}{means[name][0]:>8.3f}{means[name][1]:>8.3f}   {ci['diff']:+.4f} "
                      f"[{ci['lo']:+.4f}, {ci['hi']:+.4f}]")
+    lines += size_lines(sizes or {}, "before", "after")
     if contexts:
         lines.append(f"stage-1 contexts of the valid tasks: {contexts['with_observation']:.3f} hold a tool "
                      f"observation; the stage-1 A / B answers are valid for {contexts['answered']:.3f}")
@@ -479,7 +487,7 @@ def report(out: Path, before: dict, after: dict, mining: dict, valid_mining: dic
     lines += [note] if note else []
     print("\n".join(lines), flush=True)
     result = {"rows": {k: {"before": means[k][0], "after": means[k][1], **rows[k]} for k in rows},
-              "mining": mining, "valid_mining": valid_mining, "valid_contexts": contexts}
+              "mining": mining, "valid_mining": valid_mining, "valid_contexts": contexts, "by_size": sizes or {}}
     (out / "report.json").write_text(json.dumps(result, indent=2))
     return result
 

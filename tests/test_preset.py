@@ -162,6 +162,8 @@ def test_train_grpo_refuses_bad_train_candidates_before_it_starts():
     assert train_grpo.parse_args(["--train-candidates", "20,50"]).train_candidates == "20,50"
     with pytest.raises(SystemExit, match="--train-candidates: '20,20': the sizes must be distinct"):
         train_grpo.parse_args(["--train-candidates", "20,20"])
+    with pytest.raises(SystemExit, match="--eval-candidates: '1': the sizes must be distinct and at least 2"):
+        train_grpo.parse_args(["--eval-candidates", "1"])
 
 
 def test_train_ppr_mines_on_the_candidate_sizes_its_stage_1_run_trained_on(tmp_path):
@@ -172,6 +174,21 @@ def test_train_ppr_mines_on_the_candidate_sizes_its_stage_1_run_trained_on(tmp_p
     assert train_ppr.parse_args(["--model", str(folder), "--train-candidates", "20"])[0].train_candidates == "20"
     with pytest.raises(SystemExit, match="--train-candidates: '20,x' is not a comma list"):
         train_ppr.parse_args(["--model", str(folder), "--train-candidates", "20,x"])
+
+
+def test_train_ppr_evaluates_the_ranking_on_the_sizes_stage_1_was_evaluated_on(tmp_path):
+    """Trained on 20 and 50 in stage 1, PPR reports the ranking on both even when it trains on 20 alone (the run
+    that lost N = 50 without a word); a flag overrides; a stage-1 --eval-candidates comes first."""
+    stage1 = train_grpo.Config(model="/models/qwen", train_candidates="20,50")
+    folder = saved_checkpoint(tmp_path / "a" / "final", "train_grpo.py", stage1, None)
+    cfg, taken = train_ppr.parse_args(["--model", str(folder), "--train-candidates", "20"])
+    assert (cfg.train_candidates, cfg.eval_candidates, taken["eval_candidates"]) == ("20", "20,50", "20,50")
+    assert train_ppr.parse_args(["--model", str(folder), "--eval-candidates", "50"])[0].eval_candidates == "50"
+    with pytest.raises(SystemExit, match="--eval-candidates: '50,50': the sizes must be distinct"):
+        train_ppr.parse_args(["--model", str(folder), "--eval-candidates", "50,50"])
+    evaluated = train_grpo.Config(model="/models/qwen", train_candidates="20,50", eval_candidates="50,100")
+    folder = saved_checkpoint(tmp_path / "b" / "final", "train_grpo.py", evaluated, None)
+    assert train_ppr.parse_args(["--model", str(folder)])[0].eval_candidates == "50,100"
 
 
 def test_a_cached_warm_start_is_reused_only_for_the_sizes_it_was_trained_on(tmp_path):
@@ -218,8 +235,9 @@ def test_train_ppr_and_evaluate_on_a_paper_checkpoint_take_only_its_dataset_and_
     folder = saved_checkpoint(tmp_path / "final", "train_grpo.py", stage1, None)
     cfg, taken = train_ppr.parse_args(["--model", str(folder), "--max-context", "8192"])
     assert taken == {"dataset": "beauty", "tools": "get_user_profile", "max_tool_calls": 10, "max_turn_tokens": 512,
-                     "train_candidates": "20"}
-    assert cfg == train_ppr.Config(model=str(folder), dataset="beauty", tools="get_user_profile", max_context=8192)
+                     "train_candidates": "20", "eval_candidates": "20"}
+    assert cfg == train_ppr.Config(model=str(folder), dataset="beauty", tools="get_user_profile", max_context=8192,
+                                   eval_candidates="20")
     eval_cfg, layer = evaluate.parse_args(["--checkpoint", str(folder), "--split", "valid"])
     assert layer is None and eval_cfg == evaluate.Config(checkpoint=str(folder), dataset="beauty", split="valid",
                                                          tools="get_user_profile", max_context=4096)
@@ -237,8 +255,10 @@ def test_a_preset_checkpoint_brings_its_layer_to_train_ppr_and_evaluate(tmp_path
     cfg, taken = train_ppr.parse_args(["--model", str(folder), "--epochs", "2"])
     agent = {"dataset": "games", **{k: preset.GRPO[k] for k in ("tools", "max_tool_calls", "max_turn_tokens",
                                                                   "max_context")}}
-    assert cfg == train_ppr.Config(**{"model": str(folder), **agent, **preset.PPR, "epochs": 2.0})
-    assert taken == {**agent, "train_candidates": "20", **{k: v for k, v in preset.PPR.items() if k != "epochs"}}
+    assert cfg == train_ppr.Config(**{"model": str(folder), **agent, **preset.PPR, "epochs": 2.0,
+                                      "eval_candidates": "20"})
+    assert taken == {**agent, "train_candidates": "20", "eval_candidates": "20",
+                     **{k: v for k, v in preset.PPR.items() if k != "epochs"}}
     eval_cfg, layer = evaluate.parse_args(["--checkpoint", str(folder)])
     assert layer == preset.layer(warm)
     assert eval_cfg == evaluate.Config(checkpoint=str(folder), frozen=str(warm), **agent)

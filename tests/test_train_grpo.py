@@ -174,7 +174,8 @@ def test_crash_while_checkpointing_keeps_the_previous_checkpoint(policy, tmp_pat
 def test_real_rollouts_run_end_to_end(policy, tmp_path, monkeypatch):
     engines = []
     monkeypatch.setattr(trainer, "Engine", lambda *a, **k: engines.append(Engine(*a, **k)) or engines[-1])
-    train_grpo.main(["--model", str(policy), *SMALL, "--steps", "2", "--out", str(tmp_path), "--decode", "static"])
+    train_grpo.main(["--model", str(policy), *SMALL, "--steps", "2", "--out", str(tmp_path), "--decode", "static",
+                     "--eval-candidates", "20,50", "--max-context", "8192"])  # 50 candidates: ~7k tokens
     assert [e.decode for e in engines] == ["static"]  # --decode reaches the rollout engine
     records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [0, 1, 2, 2]
@@ -186,3 +187,6 @@ def test_real_rollouts_run_end_to_end(policy, tmp_path, monkeypatch):
     assert step["n"] >= 8 and step["valid"] == 0.0  # a random policy: every rollout invalid, every group dropped
     assert step["skipped_update"] and step["zero_std_groups"] == 1.0
     assert records[-1]["final"] and (tmp_path / "final" / "config.json").is_file()
+    assert records[0]["eval_n"] == 8  # --eval-instances 4 of each size
+    by_size = json.loads((tmp_path / "report.json").read_text())["by_size"]
+    assert {n: r["n"] for n, r in by_size.items()} == {"20": 4, "50": 4}  # JSON keys are strings

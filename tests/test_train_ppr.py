@@ -2,15 +2,17 @@
 report has every field. (A random policy's rollouts are all invalid, so pairs come from random negatives.)"""
 
 import json
+import math
 
 import pytest
 import torch
 
 import train_ppr
-from agenticrec.data import load_dataset, load_instances, split_instances
+from agenticrec.data import Instance, load_dataset, load_instances, split_instances
 from agenticrec.model import Qwen3, load_pretrained
 from agenticrec.ppr import random_pairs, read_pairs
 from agenticrec.tasks import LESS, MORE
+from agenticrec.trainer import size_breakdown
 from grpo_fakes import tiny_config, tiny_policy_folder, worker_weights
 
 SMALL = ["--dataset", "beauty2023", "--batch-size", "4", "--group-size", "2", "--max-turn-tokens", "8",
@@ -89,6 +91,41 @@ def test_mining_draws_on_every_train_candidate_size_interleaved(policy, tmp_path
     fixed = load_instances("beauty2023", "train")
     assert instances[0::2] == fixed[:6] and instances[1::2] != fixed[:6]
     assert instances[1::2] == split_instances(load_dataset("beauty2023"), "train", 50)[:6]
+
+
+def test_the_ranking_is_evaluated_on_every_size_stage_1_was(policy, tmp_path, monkeypatch):
+    """The instances the before-training evaluation ranks: the first --eval-instances of each size, interleaved."""
+    class Evaluated(Exception):
+        pass
+
+    def evaluation(run, probes, valid_instances, step):
+        raise Evaluated(valid_instances)
+    monkeypatch.setattr(train_ppr, "evaluation", evaluation)
+    with pytest.raises(Evaluated) as evaluated:
+        train_ppr.main(["--model", str(policy), *SMALL, "--eval-candidates", "20,50", "--out", str(tmp_path)])
+    instances = evaluated.value.args[0]
+    assert [len(x.candidates) for x in instances] == [20, 50] * 4  # --eval-instances 4 of each
+    assert instances[0::2] == load_instances("beauty2023", "valid")[:4]
+    assert instances[1::2] == split_instances(load_dataset("beauty2023"), "valid", 50)[:4]
+
+
+def test_the_report_gives_the_ranking_of_each_size_by_hand(tmp_path, capsys):
+    """Sizes 20, 50, 20, 50 with ranks before (1, 0, 3, 1) and after (1, 2, 1, 0): at N = 20 H@1 1/2 -> 1, N@10
+    (1 + 1/2) / 2 -> 1; at N = 50 H@1 1/2 -> 0, N@10 1/2 -> 1/log2(3) / 2."""
+    instances = [Instance("u", [1], 1, list(range(1, n + 1)), position=1) for n in (20, 50, 20, 50)]
+    sizes = size_breakdown(instances, [1, 0, 3, 1], [1, 2, 1, 0])
+    expected = {20: {"H@1": (0.5, 1.0), "N@10": (0.75, 1.0)},
+                50: {"H@1": (0.5, 0.0), "N@10": (0.5, 0.5 / math.log2(3))}}
+    assert sorted(sizes) == [20, 50] and all(sizes[n]["n"] == 2 for n in sizes)
+    for n, metrics in expected.items():
+        for k, (b, a) in metrics.items():
+            assert (sizes[n][k]["before"], sizes[n][k]["after"], sizes[n][k]["diff"]) == pytest.approx((b, a, a - b))
+    assert size_breakdown(instances[::2], [1, 3], [1, 1]) == {}  # one size: the overall rows are that size's
+    with pytest.raises(ValueError, match="3 values for 4 instances"):
+        size_breakdown(instances, [1, 0, 3], [1, 2, 1])
+    saved = train_ppr.report(tmp_path, REPORT_BEFORE, REPORT_AFTER, {"violations": 1}, {"violations": 1}, None, sizes)
+    assert saved["by_size"] == sizes
+    assert "N = 50, 2 instances: H@1 0.500 (before) -> 0.000 (after), -0.5000 [" in capsys.readouterr().out
 
 
 def test_unknown_objective_is_a_clear_error(policy):
@@ -217,12 +254,15 @@ def test_context_summary_by_hand():
         "tasks": 3, "answered": 2 / 3, "with_observation": 1 / 3, "tool_calls": 1 / 3, "tokens_after_prompt": 5 / 3}
 
 
+REPORT_BEFORE = {"ranks": [1, 7, 0], "agent": [0.0, 1.0], "likelihood": [1.0, 1.0], "agent_random": [1.0, 0.0],
+                 "likelihood_random": [0.0, 0.0]}
+REPORT_AFTER = {"ranks": [1, 1, 0], "agent": [1.0, 1.0], "likelihood": [1.0, 0.0], "agent_random": [0.0, 0.0],
+                "likelihood_random": [1.0, 0.0]}
+
+
 def test_report_by_hand(tmp_path, capsys):
     """Ranks 1, 7, absent -> H@1 1/3 and N@10 (1 + 1/log2(8) + 0) / 3 = 4/9; each accuracy row is its list's mean."""
-    before = {"ranks": [1, 7, 0], "agent": [0.0, 1.0], "likelihood": [1.0, 1.0], "agent_random": [1.0, 0.0],
-              "likelihood_random": [0.0, 0.0]}
-    after = {"ranks": [1, 1, 0], "agent": [1.0, 1.0], "likelihood": [1.0, 0.0], "agent_random": [0.0, 0.0],
-             "likelihood_random": [1.0, 0.0]}
+    before, after = REPORT_BEFORE, REPORT_AFTER
     rows = train_ppr.report(tmp_path, before, after, {"violations": 1}, {"violations": 1})["rows"]
     expected = {"pairwise accuracy, agent answer (greedy, tools)": (0.5, 1.0),
                 "pairwise accuracy, likelihood margin": (1.0, 0.5),
