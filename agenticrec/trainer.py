@@ -158,8 +158,8 @@ def train_sizes(cfg: TrainingConfig) -> tuple[int, ...]:
 
 
 def eval_sizes(cfg: TrainingConfig) -> tuple[int, ...]:
-    """The candidate-set sizes of ``--eval-candidates``, by default ``--train-candidates``'; a bad list is a clear
-    error (SystemExit)."""
+    """The candidate-set sizes of ``--eval-candidates``, by default those of ``--train-candidates``; a bad list is a
+    clear error (SystemExit)."""
     try:
         return parse_candidate_sizes(cfg.eval_candidates) if cfg.eval_candidates else train_sizes(cfg)
     except ValueError as e:
