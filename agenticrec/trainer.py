@@ -35,6 +35,7 @@ from agenticrec.parsing import Reason
 from agenticrec.policy import group_logprobs
 from agenticrec.reward import ranking_metrics
 from agenticrec.sasrec import TrainConfig, load_or_train
+from agenticrec.stats import paired_bootstrap
 from agenticrec.tools import TOOLS, Toolbox
 
 log = logging.getLogger("agenticrec.trainer")
@@ -151,45 +152,40 @@ def agent_config(cfg, temperature: float | None = None) -> AgentConfig:
 
 def train_sizes(cfg: TrainingConfig) -> tuple[int, ...]:
     """The candidate-set sizes of ``--train-candidates``; a bad list is a clear error (SystemExit)."""
-    try:
-        return parse_candidate_sizes(cfg.train_candidates)
-    except ValueError as e:
-        raise SystemExit(f"error: --train-candidates: {e}") from None
+    return _sizes(cfg.train_candidates, "--train-candidates")
 
 
 def eval_sizes(cfg: TrainingConfig) -> tuple[int, ...]:
     """The candidate-set sizes of ``--eval-candidates``, by default those of ``--train-candidates``; a bad list is a
     clear error (SystemExit)."""
+    return _sizes(cfg.eval_candidates, "--eval-candidates") if cfg.eval_candidates else train_sizes(cfg)
+
+
+def _sizes(text: str, flag: str) -> tuple[int, ...]:
     try:
-        return parse_candidate_sizes(cfg.eval_candidates) if cfg.eval_candidates else train_sizes(cfg)
+        return parse_candidate_sizes(text)
     except ValueError as e:
-        raise SystemExit(f"error: --eval-candidates: {e}") from None
+        raise SystemExit(f"error: {flag}: {e}") from None
 
 
 def valid_instances(data: Dataset, cfg: TrainingConfig) -> list:
     """The valid instances every ranking evaluation of a run uses: the first ``--eval-instances`` of each size in
     ``eval_sizes``, interleaved. A policy trained on several sizes is checked on each of them, so a regression at
     one size (PPR mined on 20 candidates alone answered 0.003 of 50-candidate requests validly) shows in the run's
-    own report; ``by_size`` splits the results back."""
+    own report; ``size_breakdown`` splits the results back."""
     return interleave([split_instances(data, "valid", n)[:cfg.eval_instances] for n in eval_sizes(cfg)])
-
-
-def by_size(instances, values: list) -> dict[int, list]:
-    """{candidate-set size: the values of its instances, in order}: ``values`` runs parallel to ``instances``."""
-    if len(values) != len(instances):
-        raise ValueError(f"{len(values)} values for {len(instances)} instances")
-    groups: dict[int, list] = {}
-    for x, value in zip(instances, values):
-        groups.setdefault(len(x.candidates), []).append(value)
-    return groups
 
 
 def size_breakdown(instances, before: list[int], after: list[int]) -> dict[int, dict]:
     """Before vs after on each candidate-set size of ``instances``, from the target ranks of two evaluations
     (0 = absent or invalid): {size: {"n", "H@1", "N@10"}}, each metric a paired bootstrap result with the two means
     ("before", "after"). Empty for one size: the run's overall figures are that size's."""
-    from agenticrec.stats import paired_bootstrap
-    groups = by_size(instances, list(zip(before, after)))
+    for values in (before, after):
+        if len(values) != len(instances):
+            raise ValueError(f"{len(values)} values for {len(instances)} instances")
+    groups: dict[int, list] = {}
+    for x, pair in zip(instances, zip(before, after)):
+        groups.setdefault(len(x.candidates), []).append(pair)
     if len(groups) < 2:
         return {}
     result = {}

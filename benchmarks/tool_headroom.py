@@ -236,11 +236,11 @@ def main() -> None:
            "merged: co-occurrence, ties by SASRec": merged_ranks(instances, cooc, sasrec_scores)},
           against=sasrec_ranks, label="SASRec")
 
-    popularity = [[float(box.popularity[c]) for c in x.candidates] for x in instances]
+    popularity = baselines.popularity_scorer(data)(instances)
     categories = category_scores(box, instances)
-    print(f"against co-occurrence alone (its ties broken by popularity, as in every baseline), all {n} instances: merges of the evidence "
-          f"the paper's tools give ({sum(any(s) for s in categories)} instances have a candidate in a history "
-          "item's category)\n")
+    print(f"against co-occurrence alone (its ties broken by popularity, as in every baseline), all {n} instances: "
+          f"merges of the evidence the paper's tools give ({sum(any(s) for s in categories)} instances have a "
+          "candidate in a history item's category)\n")
     table({"merged: co-occurrence, ties by the similar users' taste": merged_ranks(instances, cooc, taste, popularity),
            "merged: co-occurrence, ties by SASRec": merged_ranks(instances, cooc, sasrec_scores),
            "merged: co-occurrence, ties by the history's categories, then popularity":
