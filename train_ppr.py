@@ -12,10 +12,10 @@ How this differs from the paper's description (docs/ppr.md has the math):
 3. ``--objective logistic`` trains Proposition 4.2's loss directly: the margin is the log-likelihood of answering
    c+ minus that of c- (MORE), and of c- minus c+ (LESS), in the context the stage-1 policy builds for the task (its
    greedy tool calls and observations, up to where its answer begins).
-4. Ablations the paper lacks: ``--unidirectional`` (MORE only) and ``--random-negatives``. Options of the logistic
-   objective (off by default): ``--train-context-tokens`` (train on each context's tail) and ``--replay-coef``
+4. Ablations the paper lacks: ``--unidirectional`` (MORE only) and ``--random-negatives``. Options, off by default:
+   ``--train-context-tokens`` (logistic: train on each context's tail) and, for either objective, ``--replay-coef``
    (rehearsal: an NLL on the stage-1 policy's own ranking trajectories, which the logistic objective needs in
-   place of a KL term).
+   place of a KL term, and which keeps the ranking when the A / B questions alone would move it).
 5. Pairwise accuracy on valid pairs mined the same way, before and after, two ways: the greedy agent's answer
    (with tools) and the likelihood margin; both again on random-negative valid pairs (a control for the selection
    effect of mining); and the ranking task's H@1 and NDCG@10 on valid instances, each with a paired bootstrap CI
@@ -78,7 +78,7 @@ class Config(TrainingConfig):
     pairs_from: str = option("", "reuse the pairs an earlier run mined (its out folder): ablations on the same pairs")
     valid_mine_instances: int = option(1000, "valid instances mined for the pairwise-accuracy evaluation")
     train_context_tokens: int = option(0, "logistic: train on the last N tokens of each context (0 = all)")
-    replay_coef: float = option(0.0, "logistic: weight of the rehearsal NLL on stage-1 ranking trajectories (0 = off)")
+    replay_coef: float = option(0.0, "weight of the rehearsal NLL on stage-1 ranking trajectories (0 = off)")
     replay_instances: int = option(512, "train instances whose stage-1 greedy trajectories are the rehearsal data")
     replay_batch: int = option(4, "rehearsal trajectories per step and rank")
     epochs: float = option(1.0, "passes over the training tasks (ignored when --steps > 0)")
@@ -246,7 +246,8 @@ def replay_trajectories(rollout: Rollout, instances, cfg: Config) -> list[tuple[
     """(ids, mask) of the stage-1 policy's valid greedy ranking trajectories on ``instances``: the rehearsal data.
     Training only on A / B answers at the preset's learning rate otherwise overwrites the ranking format (measured:
     valid ranking answers 1.00 -> 0.00); an NLL on the policy's own ranking turns keeps it (continual-learning
-    rehearsal; the ``grpo`` objective has its KL term instead)."""
+    rehearsal). The ``grpo`` objective's KL term is taken on A / B rollouts only, so it does not hold the ranking
+    either (docs/ppr.md)."""
     return [(t.ids, t.mask) for t in greedy_run(rollout, instances, cfg.eval_chunk, desc="rehearsal data")
             if t.invalid_reason is None]
 
@@ -327,7 +328,7 @@ class Tasks:
     """What the loop trains on and what the evaluation measures."""
 
     units: list  # the stream's items: a task (grpo), or a (MORE, LESS) pair of (task, context) (logistic)
-    replay: list  # rehearsal trajectories (logistic with --replay-coef)
+    replay: list  # rehearsal trajectories (--replay-coef)
     probes: dict  # {"mined": (valid tasks, contexts), "random": (control tasks, contexts)}
     mined: dict  # mined_pairs' result
     valid_contexts: dict  # context_summary of the mined valid tasks' stage-1 contexts
@@ -342,13 +343,12 @@ def build_tasks(run: Run, train_instances, valid) -> Tasks:
     valid_tasks = bidirectional_tasks(mined["valid"][0], cfg.seed, False, "valid")
     if not tasks or not valid_tasks:
         raise SystemExit("error: mining found no violations to learn from or to measure on")
-    units, replay = tasks, []
+    units = tasks
     if cfg.objective == "logistic":  # MORE / LESS stay together; train on the tails (evaluation: whole contexts)
         contexts = [c[-cfg.train_context_tokens:] if cfg.train_context_tokens else c
                     for c in answer_contexts(rollout, tasks, cfg, run.info, "train")[0]]
         units = [list(zip(tasks, contexts))[i:i + _per_unit(cfg)] for i in range(0, len(tasks), _per_unit(cfg))]
-        if cfg.replay_coef > 0:
-            replay = replay_trajectories(rollout, train_instances[:cfg.replay_instances], cfg)
+    replay = replay_trajectories(rollout, train_instances[:cfg.replay_instances], cfg) if cfg.replay_coef > 0 else []
     # built before a resumed checkpoint is loaded: the stage-1 policy's contexts
     valid_contexts, summary = answer_contexts(rollout, valid_tasks, cfg, run.info, "valid")
     # the control: valid pairs with a RANDOM negative. Mined pairs are, by construction, those where the stage-1
@@ -390,7 +390,7 @@ def main(argv=None) -> None:
                total=steps)
     for step in bar:
         t0 = time.perf_counter()
-        record = {"step": step + 1, **(grpo_step(run, stream, step) if cfg.objective == "grpo" else
+        record = {"step": step + 1, **(grpo_step(run, stream, tasks.replay, step) if cfg.objective == "grpo" else
                                        logistic_step(run, stream, tasks.replay, step))}
         run.scheduler.step()
         record.update({"lr": run.scheduler.get_last_lr()[0], "step_s": time.perf_counter() - t0})
@@ -418,16 +418,26 @@ def _per_unit(cfg: Config) -> int:
     return 1 if cfg.unidirectional or cfg.objective == "grpo" else 2
 
 
-def grpo_step(run: Run, stream: DataStream, step: int) -> dict:
-    """The paper's objective: stage 1's dynamic sampling and update on the A / B tasks."""
+def grpo_step(run: Run, stream: DataStream, replay: list, step: int) -> dict:
+    """The paper's objective: stage 1's dynamic sampling and update on the A / B tasks, with rehearsal when
+    ``--replay-coef`` > 0: ``replay_coef`` x the NLL of this step's ``replay_batch``, added to each optimiser step (none
+    is taken when every group is dropped)."""
     cfg, info = run.cfg, run.info
     sync_rollout(run.rollout, run.model, info)  # it samples (the logistic objective scores fixed contexts)
     sampling, objective = Sampling.of(cfg, info), Objective.of(cfg)
     batch = collect_groups(run.rollout, stream, sampling, step, info)
     release_rollout(run.rollout, run.model)  # the copy's memory goes to the update
-    stats = update(run.model, run.ref_model, run.optimizer, batch, objective, info)
+    rehearsed, replay_nll = replay_batch(replay, step, cfg, info), []
+
+    def rehearsal() -> torch.Tensor:
+        nll = sft_loss(run.model, rehearsed, info.device)
+        replay_nll.append(float(nll.detach()))
+        return cfg.replay_coef * nll
+
+    stats = update(run.model, run.ref_model, run.optimizer, batch, objective, info, rehearsal if rehearsed else None)
     return {**summarize(batch.trajectories, info), **group_stats(batch.trajectories, cfg.group_size, info),
-            **update_metrics(stats, info), "dropped_groups": D.all_reduce_sum([batch.dropped], info)[0]}
+            **update_metrics(stats, info), "dropped_groups": D.all_reduce_sum([batch.dropped], info)[0],
+            **({"replay_nll": replay_nll[0]} if replay_nll else {})}
 
 
 def logistic_step(run: Run, stream: DataStream, replay: list, step: int) -> dict:

@@ -16,6 +16,7 @@ import json
 import logging
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -423,10 +424,12 @@ def group_tensors(group: list[Trajectory], device) -> GroupTensors:
     return GroupTensors(prompt, continuations, mask, sampler)
 
 
-def update(model, ref_model, optimizer, batch: GroupBatch, objective: Objective, info: D.DistInfo) -> dict:
+def update(model, ref_model, optimizer, batch: GroupBatch, objective: Objective, info: D.DistInfo,
+           rehearsal: Callable[[], torch.Tensor] | None = None) -> dict:
     """``objective.mu`` optimiser steps on this rank's groups; the loss normaliser is global (all-reduced), so the
     gradient does not depend on how groups are spread over ranks. Returns this rank's sums (``update_metrics``
-    reduces them)."""
+    reduces them). ``rehearsal``, when given, returns a loss whose gradient each of those steps adds (PPR's
+    ``--replay-coef``: an NLL on the stage-1 policy's own ranking trajectories); every rank calls it equally often."""
     rewards = torch.tensor([[t.reward for t in group] for group in batch.groups])
     advantages = group_advantages(rewards, objective.advantage)
     tensors = [group_tensors(group, info.device) for group in batch.groups]
@@ -457,6 +460,8 @@ def update(model, ref_model, optimizer, batch: GroupBatch, objective: Objective,
             sums = _loss_sums(loss, m, logp, loss_mask, g, first_pass=epoch == 0)
             metrics["sampler_gap_max"] = max(metrics["sampler_gap_max"], sums.pop("sampler_gap_max", 0.0))
             metrics.update(sums)
+        if rehearsal is not None:
+            rehearsal().backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), objective.grad_clip)
         if not torch.isfinite(grad_norm):  # never let one bad batch poison the weights; counted in the logs
             log.warning("non-finite gradient norm; update skipped")

@@ -150,6 +150,29 @@ def test_update_gradient_is_the_policy_gradient_formula(aggregation, update_rows
     assert stats["tokens"] == sum(sum(t.mask) for g in groups for t in g)
 
 
+@pytest.mark.parametrize("mu", [1, 2])
+def test_update_adds_the_rehearsal_gradient_to_each_step(mu):
+    """PPR's --replay-coef: ``rehearsal()``'s gradient joins each optimiser step's, before clipping; ``mu`` steps
+    call it ``mu`` times. (The first step's gradient is the formula's plus the rehearsal's, at the start weights.)"""
+    groups, cfg = groups_for_test(), config(mu=mu)
+    model, ref = tiny_model(0), tiny_model(1)
+    start = [p.detach().clone() for p in model.parameters()]
+    optimizer = RecordingSGD(model.parameters(), 1e-3)
+    replay = torch.tensor([[5, 9, 2, 33, 7, 41, 12]])
+
+    def half_nll(m):
+        return -0.5 * m(replay)[0, :-1].log_softmax(-1).gather(-1, replay[0, 1:, None]).mean()
+
+    calls = []
+    update(model, ref, optimizer, GroupBatch(groups, [1.0, 1.0], []), cfg, SINGLE,
+           rehearsal=lambda: calls.append(1) or half_nll(model))
+    at_start = model_at(start)
+    extra = torch.autograd.grad(half_nll(at_start), list(at_start.parameters()))
+    assert len(calls) == len(optimizer.grads) == mu
+    assert_same(optimizer.grads[0], [f + e for f, e in zip(formula_gradient(start, ref, groups, [1.0, 1.0], cfg),
+                                                            extra)])
+
+
 def test_update_with_mu_2_clips_against_the_first_pass():
     """Step 1 is on-policy (ratio 1); step 2 is at the moved weights with pi_old from before step 1, and the
     clip is active on some tokens."""

@@ -10,6 +10,7 @@ import torch
 import train_ppr
 from agenticrec.data import Instance, load_dataset, load_instances, split_instances
 from agenticrec.model import Qwen3, load_pretrained
+from agenticrec.policy import sft_loss
 from agenticrec.ppr import random_pairs, read_pairs
 from agenticrec.tasks import LESS, MORE
 from agenticrec.trainer import size_breakdown
@@ -151,6 +152,39 @@ def test_rehearsal_adds_its_nll_and_resumes_bit_exact(policy, tmp_path, monkeypa
     assert any(not torch.equal(straight[k], plain[k]) for k in plain)
     records = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["replay_nll"] > 0 for r in records)
+
+
+def test_rehearsal_joins_the_grpo_objectives_update(policy, tmp_path, monkeypatch):
+    """--replay-coef with the paper's objective. A random policy's A / B answers are all invalid (reward -1); with
+    every group kept (neither all-equal nor all-negative groups dropped) the advantages are 0 and, the policy being
+    its own reference, the KL gradient is 0 too. So without rehearsal the weights do not move, and with it they do."""
+    synthetic = [([3 + (i * 7 + j) % 50 for j in range(30)], [0] * 20 + [1] * 10) for i in range(6)]
+    monkeypatch.setattr(train_ppr, "replay_trajectories", lambda rollout, instances, cfg: synthetic)
+    args = ["--model", str(policy), *SMALL, "--objective", "grpo", "--steps", "2", "--no-drop-all-equal",
+            "--no-drop-all-negative", "--unidirectional", "--replay-batch", "2"]
+    train_ppr.main(args + ["--out", str(tmp_path / "plain")])
+    from test_grpo_update import SINGLE
+    losses, update = [], train_ppr.update
+
+    def recording_update(model, ref, optimizer, batch, objective, info, rehearsal=None):
+        def recorded():  # the loss whose gradient the update adds
+            loss = rehearsal()
+            losses.append(float(loss))
+            return loss
+        return update(model, ref, optimizer, batch, objective, info, recorded if rehearsal else None)
+    monkeypatch.setattr(train_ppr, "update", recording_update)
+    train_ppr.main(args + ["--out", str(tmp_path / "rehearsed"), "--replay-coef", "0.5"])
+    start = load_pretrained(policy).state_dict()
+    plain, rehearsed = (load_pretrained(tmp_path / r / "final").state_dict() for r in ("plain", "rehearsed"))
+    assert all(torch.equal(plain[k], start[k]) for k in start)
+    assert any(not torch.equal(rehearsed[k], start[k]) for k in start)
+    records = [json.loads(line) for line in (tmp_path / "rehearsed" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["reward"] for r in records] == [-1.0, -1.0]
+    first = train_ppr.replay_batch(synthetic, 0, train_ppr.Config(replay_coef=0.5, replay_batch=2), SINGLE)
+    assert records[0]["replay_nll"] == pytest.approx(float(sft_loss(load_pretrained(policy), first, "cpu")))
+    assert losses == pytest.approx([0.5 * r["replay_nll"] for r in records])  # 0.5 x the NLL, once a step
+    assert not any("replay_nll" in json.loads(line)
+                   for line in (tmp_path / "plain" / "metrics.jsonl").read_text().splitlines())
 
 
 def test_replay_batches_depend_on_seed_step_and_rank_only():
