@@ -409,7 +409,7 @@ def main(argv=None) -> None:
     export(run.model, info, out / "final", run.tokenizer, saved)
     if info.is_main:
         report(out, before, after, tasks.mined["train"][1], tasks.mined["valid"][1], tasks.valid_contexts,
-               size_breakdown(ranking_valid, before["ranks"], after["ranks"]))
+               size_breakdown(ranking_valid, before["ranks"], after["ranks"]), cfg.objective)
     D.shutdown(info)
 
 
@@ -469,10 +469,11 @@ def evaluation(run: Run, probes: dict, valid_instances, step: int) -> dict:
 
 
 def report(out: Path, before: dict, after: dict, mining: dict, valid_mining: dict,
-           contexts: dict | None = None, sizes: dict | None = None) -> dict:
+           contexts: dict | None = None, sizes: dict | None = None, objective: str = "logistic") -> dict:
     """Before vs after with paired bootstrap CIs, what the valid tasks' stage-1 contexts hold (``contexts``, a
-    ``context_summary``) and the ranking on each candidate-set size (``sizes``, a ``trainer.size_breakdown``);
-    printed and written to out/report.json."""
+    ``context_summary``), the ranking on each candidate-set size (``sizes``, a ``trainer.size_breakdown``) and, when
+    the accuracy ``objective`` trains (the agent's answers for grpo, the likelihood margin for logistic) did not
+    change significantly, what to check (``no_change_note``); printed and written to out/report.json."""
     hit1 = [[hit_at(r or None, 1) for r in e["ranks"]] for e in (before, after)]  # rank 0: absent or invalid
     ndcg10 = [[ndcg_at(r or None, 10) for r in e["ranks"]] for e in (before, after)]
     series = {"pairwise accuracy, agent answer (greedy, tools)": (before["agent"], after["agent"]),
@@ -493,7 +494,9 @@ def report(out: Path, before: dict, after: dict, mining: dict, valid_mining: dic
     if contexts:
         lines.append(f"stage-1 contexts of the valid tasks: {contexts['with_observation']:.3f} hold a tool "
                      f"observation; the stage-1 A / B answers are valid for {contexts['answered']:.3f}")
-    note = no_change_note(rows["pairwise accuracy, likelihood margin"], contexts)
+    trained = ("pairwise accuracy, agent answer (greedy, tools)" if objective == "grpo" else
+               "pairwise accuracy, likelihood margin")
+    note = no_change_note(rows[trained], contexts, objective)
     lines += [note] if note else []
     print("\n".join(lines), flush=True)
     result = {"rows": {k: {"before": means[k][0], "after": means[k][1], **rows[k]} for k in rows},
@@ -502,11 +505,16 @@ def report(out: Path, before: dict, after: dict, mining: dict, valid_mining: dic
     return result
 
 
-def no_change_note(margin: dict, contexts: dict | None) -> str | None:
-    """What to check when the likelihood accuracy's CI (``margin``, a paired_bootstrap result) includes 0: the
-    contexts, when most of them hold no tool observation; the plateau otherwise. None when the change is significant."""
-    if not margin["lo"] <= 0 <= margin["hi"]:
+def no_change_note(change: dict, contexts: dict | None, objective: str = "logistic") -> str | None:
+    """What to check when the CI of the accuracy ``objective`` trains (``change``, a paired_bootstrap result) includes
+    0. grpo: the groups it learned from. logistic: the contexts, when most of them hold no tool observation; the
+    plateau otherwise. None when the change is significant."""
+    if not change["lo"] <= 0 <= change["hi"]:
         return None
+    if objective == "grpo":
+        return ("note: no significant change in the agent's pairwise accuracy. The objective learns only from groups "
+                "whose answers differ in reward: check metrics.jsonl's valid and dropped_groups (a policy without "
+                "valid A / B answers has every group dropped; docs/ppr.md).")
     if mostly_bare(contexts):
         return ("note: no significant change in pairwise accuracy. Most answers are scored right after the prompt, "
                 "with no tool observation before them: on no evidence but the two titles (docs/ppr.md, \"The CPU "

@@ -316,6 +316,20 @@ def test_report_by_hand(tmp_path, capsys):
             "for 0.000") in printed
     note = train_ppr.no_change_note(saved["rows"]["pairwise accuracy, likelihood margin"], contexts)
     assert note and printed.rstrip().endswith(note)  # the likelihood's change (1.0 -> 0.5) has a CI that includes 0
+    train_ppr.report(tmp_path, before, after, {"violations": 1}, {"violations": 1}, contexts, objective="grpo")
+    note = train_ppr.no_change_note(saved["rows"]["pairwise accuracy, agent answer (greedy, tools)"], contexts, "grpo")
+    assert "dropped_groups" in note and capsys.readouterr().out.rstrip().endswith(note)  # the agent's: 0.5 -> 1.0
+
+
+def test_the_note_follows_the_accuracy_the_objective_trains(tmp_path, capsys):
+    """The agent's answers go 0 -> 1 on 40 tasks (significant), the likelihood stays at 1/2: a grpo run, which trains
+    the answers, gets no note; a logistic run, which trains the likelihood, gets the plateau note."""
+    before = {**REPORT_BEFORE, "agent": [0.0] * 40, "likelihood": [0.0, 1.0] * 20}
+    after = {**REPORT_AFTER, "agent": [1.0] * 40, "likelihood": [1.0, 0.0] * 20}
+    train_ppr.report(tmp_path, before, after, {"violations": 20}, {"violations": 20}, objective="grpo")
+    assert "note:" not in capsys.readouterr().out
+    train_ppr.report(tmp_path, before, after, {"violations": 20}, {"violations": 20}, objective="logistic")
+    assert "2 log 2" in capsys.readouterr().out
 
 
 def test_the_no_change_note_names_the_contexts_when_most_hold_no_evidence():
@@ -328,3 +342,5 @@ def test_the_no_change_note_names_the_contexts_when_most_hold_no_evidence():
     assert "2 log 2" in train_ppr.no_change_note(unclear, evidence)
     assert "2 log 2" in train_ppr.no_change_note(unclear, None)
     assert train_ppr.no_change_note({"lo": -0.2, "hi": -0.01}, bare) is None
+    assert "dropped_groups" in train_ppr.no_change_note(unclear, evidence, "grpo")  # what grpo learns from
+    assert train_ppr.no_change_note(significant, bare, "grpo") is None
