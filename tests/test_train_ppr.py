@@ -158,12 +158,12 @@ def test_rehearsal_joins_the_grpo_objectives_update(policy, tmp_path, monkeypatc
     """--replay-coef with the paper's objective. A random policy's A / B answers are all invalid (reward -1); with
     every group kept (neither all-equal nor all-negative groups dropped) the advantages are 0 and, the policy being
     its own reference, the KL gradient is 0 too. So without rehearsal the weights do not move, and with it they do."""
+    from test_grpo_update import SINGLE
     synthetic = [([3 + (i * 7 + j) % 50 for j in range(30)], [0] * 20 + [1] * 10) for i in range(6)]
     monkeypatch.setattr(train_ppr, "replay_trajectories", lambda rollout, instances, cfg: synthetic)
     args = ["--model", str(policy), *SMALL, "--objective", "grpo", "--steps", "2", "--no-drop-all-equal",
             "--no-drop-all-negative", "--unidirectional", "--replay-batch", "2"]
     train_ppr.main(args + ["--out", str(tmp_path / "plain")])
-    from test_grpo_update import SINGLE
     losses, update = [], train_ppr.update
 
     def recording_update(model, ref, optimizer, batch, objective, info, rehearsal=None):
