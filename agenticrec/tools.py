@@ -25,6 +25,7 @@ import torch
 
 from agenticrec.baselines import popularity
 from agenticrec.data import Dataset, Instance, training_sequences_by_user
+from agenticrec.tasks import PreferenceTask
 
 MAX_OBSERVATION_CHARS = 1500  # longer observations are cut with an explicit marker, never silently
 STOPWORDS = set("a an and the of for to in on with by from edition version pack set new game games video for "
@@ -40,6 +41,10 @@ class ToolContext:
     candidates: tuple[int, ...]
     history_ratings: tuple[float, ...] | None = None
     history_timestamps: tuple[int, ...] | None = None
+    # an A / B question's MORE / LESS (agenticrec.tasks), None for a ranking request: the question the tools serve
+    # is in the prompt, so a tool may know it too. The paper's tools do not read it; the CPU preset's option line
+    # does (agenticrec.preset.PresetToolbox)
+    direction: str | None = None
 
 
 # (name, arguments) of the calls a trajectory made before the current one, oldest first (``Toolbox.call``)
@@ -55,7 +60,9 @@ def context_for(instance: Instance, data: Dataset) -> ToolContext:
             ratings = tuple(seq.ratings[start:instance.position])
         if seq.timestamps is not None:
             timestamps = tuple(seq.timestamps[start:instance.position])
-    return ToolContext(instance.user, tuple(instance.history), tuple(instance.candidates), ratings, timestamps)
+    direction = instance.direction if isinstance(instance, PreferenceTask) else None
+    return ToolContext(instance.user, tuple(instance.history), tuple(instance.candidates), ratings, timestamps,
+                       direction)
 
 
 @dataclass

@@ -176,6 +176,19 @@ def test_outputs_do_not_depend_on_which_candidate_is_the_target(box):
     assert "target" not in ToolContext.__dataclass_fields__
 
 
+def test_the_context_of_an_ab_question_carries_its_direction_and_the_paper_tools_ignore_it(box):
+    from agenticrec.tasks import LESS, MORE, PreferenceTask
+    x = Instance("ann", [0, 1, 7, 4, 2], 3, [3, 2], position=5)
+    assert context_for(x, box.data).direction is None
+    contexts = {d: context_for(PreferenceTask(x.user, x.history, 3, x.candidates, x.position, "train", d), box.data)
+                for d in (MORE, LESS)}
+    assert {d: c.direction for d, c in contexts.items()} == {MORE: MORE, LESS: LESS}
+    for tool in box.tools:  # the paper's toolbox: the same observation for both questions and the ranking request
+        args = {p: x.history[-1] for p in tool.parameters}
+        texts = {box.call(tool.name, args, c).text for c in (*contexts.values(), context_for(x, box.data))}
+        assert len(texts) == 1
+
+
 def test_schemas_are_qwen3_tool_format(box):
     schemas = box.schemas
     assert [s["function"]["name"] for s in schemas] == [t.name for t in TOOLS]
