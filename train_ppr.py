@@ -22,6 +22,9 @@ How this differs from the paper's description (docs/ppr.md has the math):
    (out/report.json).
 6. The agent settings (tools, budgets, context), the train candidate-set sizes and the preset layer, if any, come
    from the stage-1 checkpoint's train_config.json unless given; every value taken from it is logged.
+7. Under the CPU preset (``--choice-warm-start``, agenticrec.preset.PPR) the stage-1 policy is first fine-tuned to
+   answer A / B questions (agenticrec.preset.choice_policy), and that policy is the one PPR mines with, starts from
+   and keeps its KL to: the preset's stage-1 policy has never seen an A / B question.
 """
 
 from __future__ import annotations
@@ -53,11 +56,11 @@ from agenticrec.ppr import (answer_text, bidirectional_loss, bidirectional_tasks
 from agenticrec.profiles import load_profiles
 from agenticrec.reward import hit_at, ndcg_at
 from agenticrec.stats import paired_bootstrap
-from agenticrec.trainer import (DataStream, MetricsLog, Objective, Sampling, TrainingConfig, collect_groups,
-                                eval_sizes, evaluate, greedy_rollout, greedy_run, group_stats, load_policy,
-                                make_rollout, make_toolbox, reference_policy, release_rollout, rows_per_call,
-                                size_breakdown, size_lines, start_run, summarize, sync_rollout, train_sizes, update,
-                                update_metrics, valid_instances, warmup_schedule)
+from agenticrec.trainer import (DataStream, MetricsLog, Objective, Sampling, TrainingConfig, agent_config,
+                                collect_groups, eval_sizes, evaluate, greedy_rollout, greedy_run, group_stats,
+                                load_policy, make_rollout, make_toolbox, reference_policy, release_rollout,
+                                rows_per_call, size_breakdown, size_lines, start_run, summarize, sync_rollout,
+                                train_sizes, update, update_metrics, valid_instances, warmup_schedule)
 
 log = logging.getLogger("train_ppr")
 
@@ -86,6 +89,8 @@ class Config(TrainingConfig):
     group_size: int = option(8, "rollouts per task (G), grpo objective")
     profiles: str = option("", "the LLM profile cache get_user_profile serves; default: the stage-1 run's")
     drop_all_equal: bool = option(True, "drop groups with equal rewards (no signal with 0 / 1 rewards)")
+    choice_warm_start: int = option(0, "CPU preset: first fine-tune the stage-1 policy on A / B answers, at most N "
+                                       "steps (0 = off; agenticrec.preset.choice_policy)")
 
 
 # What PPR takes from the stage-1 checkpoint: its dataset and agent settings, and the candidate-set sizes it trained
@@ -103,10 +108,12 @@ def parse_args(argv=None) -> tuple[Config, dict]:
     taken = {k: saved["config"][k] for k in STAGE1_SETTINGS if k in saved["config"]}
     stage1_sizes = saved["config"].get("eval_candidates") or saved["config"].get("train_candidates")
     taken.update({"eval_candidates": stage1_sizes} if stage1_sizes else {})
-    taken.update(preset.PPR if saved["preset"] else {})
+    taken.update(preset.PPR[given.get("objective", Config.objective)] if saved["preset"] else {})
+    if given.get("objective", Config.objective) not in ("grpo", "logistic"):
+        raise SystemExit(f"error: --objective must be grpo or logistic, got {given['objective']!r}")
     cfg = Config(**{**taken, **given})
-    if cfg.objective not in ("grpo", "logistic"):
-        raise SystemExit(f"error: --objective must be grpo or logistic, got {cfg.objective!r}")
+    if cfg.choice_warm_start and not saved["preset"]:
+        raise SystemExit("error: --choice-warm-start needs a CPU preset checkpoint (its tools write the option lines)")
     train_sizes(cfg), eval_sizes(cfg)
     return cfg, {k: v for k, v in taken.items() if k not in given}
 
@@ -297,6 +304,10 @@ def setup(cfg: Config, info: D.DistInfo, out: Path) -> Run:
     log.info("get_user_profile: %s", f"{len(toolbox.profiles)} LLM profiles from {profiles}" if toolbox.profiles
              else "statistics of the history (no LLM profiles)")
     model, tokenizer = load_policy(cfg.model, info)
+    if cfg.choice_warm_start:  # the preset: a stage-1 policy that answers A / B questions, PPR's start and reference
+        model, folder = preset.choice_policy(model, tokenizer, data, toolbox, agent_config(cfg), layer, info, out,
+                                             cfg.model, train_sizes(cfg), cfg.choice_warm_start)
+        layer = {**layer, "choice_warm_start": str(folder)}
     dtype = getattr(torch, cfg.dtype)
     ref_model = reference_policy(model, dtype, info) if cfg.objective == "grpo" and cfg.kl_coef > 0 else None
     model = D.shard(model, info, dtype)

@@ -15,6 +15,9 @@ Nothing here is in the paper. The paper recipe (``--model <Qwen3 folder>``) neve
 - **Settings** (``GRPO``, ``PPR``, ``SASREC_TRAIN``): the tool subset whose orders the warm start copies, small
   budgets, learning rates at which a tiny model moves, and SASRec's epoch budget (docs/grpo.md and docs/ppr.md,
   "The CPU preset").
+- **A / B answers before PPR** (``choice_policy``): on PPR's A / B questions the ranking tools end with an option
+  line instead (the option to answer first), and the stage-1 policy is fine-tuned to copy it before the paper's
+  objective runs (``agenticrec.warmstart.choice_warm_start``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import random
 from pathlib import Path
 
 from agenticrec.baselines import cooccurrence
@@ -30,7 +34,7 @@ from agenticrec.data import (DEFAULT_CANDIDATES, Dataset, Instance, interleave, 
 from agenticrec.model import Qwen3Config
 from agenticrec.sasrec import TrainConfig
 from agenticrec.tools import EarlierCalls, Tool, Toolbox, ToolContext, context_for
-from agenticrec.warmstart import WarmStartConfig, ordering_line, ordering_of, warm_start
+from agenticrec.warmstart import WarmStartConfig, option_line, ordering_line, ordering_of, warm_start
 
 log = logging.getLogger("agenticrec.preset")
 
@@ -55,18 +59,22 @@ GRPO = dict(batch_size=16, group_size=4, lr=3e-5, warmup_steps=5, max_turn_token
             tools="get_session_behavior,get_similar_users", steps=40,
             eval_instances=300, checkpoint_every=10, max_tool_calls=4, eval_chunk=300)
 
-# train_ppr.py's settings on a preset checkpoint (its agent settings come from the checkpoint's train_config.json):
-# the logistic objective, pairs mined from 2,000 train instances, 3 epochs (~190 steps of 1.6 s): sized to run in 20
-# minutes on 2 cores (4 epochs took 20 min 2 s). The paper's grpo objective gets no signal on the preset: a warm start
-# taught to answer A / B questions gave valid answers that ignored MORE / LESS (accuracy exactly 0.5 on every pair,
-# whose two questions have opposite answers), and 30 steps on A / B questions alone took the ranking's valid rate from
-# 1.00 to 0.60 (docs/ppr.md). The logistic loss sat at 2 log 2 for 350-700 steps at lr 3e-3 before the previous
-# preset's policy learned to read MORE / LESS (the last 200 tokens of each context made that faster: on whole
-# contexts, none in 790 steps); this preset's policy never answers an A / B question (its warm start has none), so 96%
-# of its training contexts are the bare prompt (the rest hold one tool observation) and the loss stays at 2 log 2 (746
-# steps measured). Rehearsal keeps the ranking format (without it: 0 valid).
-PPR = dict(objective="logistic", mine_instances=2000, batch_size=32, lr=3e-3, warmup_steps=5, epochs=3.0,
-           train_context_tokens=200, replay_coef=1.0, checkpoint_every=100, eval_chunk=250)
+# train_ppr.py's settings on a preset checkpoint, by objective (its agent settings come from the checkpoint's
+# train_config.json; docs/ppr.md, "The CPU preset", has the measurements).
+# grpo, the paper's: first the A / B fine-tune (choice_policy, at most 400 steps; its gate passed at step 250 when
+# measured), then stage 1's settings (16 x G 4, lr 3e-5, KL 1e-3) for 40 steps, with rehearsal (without it the policy,
+# which learns to drop the second tool on A / B questions within 11 steps, dropped it on the ranking too: H@1 -0.021
+# on 2,000 test instances). Pairs from 1,000 train instances (40 steps take 640 of their ~1,000 tasks) and 500 valid
+# ones: sized, with the fine-tune, for 20 minutes on 2 cores.
+# logistic (Proposition 4.2's loss, an ablation here): pairs mined from 2,000 train instances, 3 epochs (~190 steps of
+# 1.6 s); the loss sat at 2 log 2 for 350-700 steps at lr 3e-3 before an earlier preset's policy learned to read MORE
+# / LESS (the last 200 tokens of each context made that faster). Rehearsal keeps the ranking format (without it: 0
+# valid).
+PPR = {"grpo": dict(choice_warm_start=400, mine_instances=1000, valid_mine_instances=500, batch_size=16, group_size=4,
+                    lr=3e-5, kl_coef=1e-3, warmup_steps=5, steps=40, replay_coef=1.0, eval_instances=300,
+                    checkpoint_every=10, eval_chunk=250),
+       "logistic": dict(mine_instances=2000, batch_size=32, lr=3e-3, warmup_steps=5, epochs=3.0,
+                        train_context_tokens=200, replay_coef=1.0, checkpoint_every=100, eval_chunk=250)}
 
 # The SASRec behind the collaborative tools and the SASRec baseline trains at most 14 epochs (the method's default is
 # 20, with early stopping after 3 epochs without a valid gain): sized for the Quickstart's 10 minutes. Measured
@@ -178,7 +186,8 @@ class PresetToolbox(Toolbox):
     popularity last. A tool called alone gives its own order; ``get_session_behavior`` and ``get_similar_users``
     together give co-occurrence with the similar users' taste among the candidates it cannot tell apart. So a model
     that can only copy a line can still act on two sources of evidence: which tools to consult is the agent's
-    choice, and GRPO's to learn."""
+    choice, and GRPO's to learn. On PPR's A / B questions (``ToolContext.direction`` set) the same order ends the
+    observation as an ``option_line`` instead: the option it favours first for MORE, last for LESS."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -201,6 +210,8 @@ class PresetToolbox(Toolbox):
         for rank, j in enumerate(order):
             rank_scores[j] = -float(rank)
         criterion = ", then ".join(ORDERING_SCORES[name][0] for name, _ in consulted)
+        if context.direction is not None:  # an A / B question: its two options, the one to answer first
+            return text + "\n" + option_line(criterion, [j + 1 for j in order], context.direction)
         return text + "\n" + ordering_line(criterion, rank_scores)
 
 
@@ -326,3 +337,61 @@ def _check_cached_sizes(report_path: Path, candidate_sizes: tuple[int, ...]) -> 
     if cached != tuple(candidate_sizes):
         raise SystemExit(f"error: {report_path.parent} holds a warm start trained on {cached} candidates, not "
                          f"{tuple(candidate_sizes)}: use another --out")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# PPR under the preset: a stage-1 policy that answers A / B questions
+# ------------------------------------------------------------------------------------------------------------------
+
+REPLAY_INSTANCES = 512  # train instances whose stage-1 greedy ranking trajectories the A / B fine-tune rehearses
+
+
+def choice_policy(model, tokenizer, data: Dataset, toolbox: PresetToolbox, agent_cfg, layer: dict, info, out: Path,
+                  stage1: str, candidate_sizes: tuple[int, ...], max_steps: int):
+    """(model, folder): the stage-1 ``model`` fine-tuned to answer PPR's A / B questions
+    (``agenticrec.warmstart.choice_warm_start``), cached in out/preset/choice_start (rank 0 trains, the others wait
+    and load). The stage-1 preset policy never saw an A / B question, so the paper's objective would meet only
+    invalid answers. Its own greedy ranking trajectories on the first train instances are the rehearsal that keeps
+    its ranking. Exits when the fine-tune misses its gate."""
+    import torch
+
+    from agenticrec import distributed as D
+    from agenticrec.agent import Rollout
+    from agenticrec.engine import Engine
+    from agenticrec.model import load_pretrained, save_pretrained
+    from agenticrec.warmstart import ChoiceStartConfig, choice_task, choice_warm_start
+
+    folder, report_path = out / "preset" / "choice_start", out / "preset" / "choice_start_report.json"
+    if not (folder / "config.json").is_file() and info.is_main:
+        prompts = prompt_data(data, layer)
+        train = interleaved_instances(data, "train", candidate_sizes)
+        greedy = Rollout(Engine(model, agent_cfg.max_context), tokenizer, prompts, toolbox,
+                         dataclasses.replace(agent_cfg, temperature=0.0))
+        replay = [(t.ids, t.mask) for start in range(0, REPLAY_INSTANCES, 128)
+                  for t in greedy.run(train[start:start + 128]) if t.invalid_reason is None]
+        rng = random.Random(0)
+        valid_tail = interleave([split_instances(data, "valid", n)[-(64 // len(candidate_sizes)):]
+                                 for n in candidate_sizes])
+        gate = [choice_task(x, rng) for x in valid_tail]
+        torch.manual_seed(0)
+        report = choice_warm_start(model, tokenizer, prompts, toolbox, train[REPLAY_INSTANCES:], gate, replay,
+                                   agent_cfg, ChoiceStartConfig(max_steps=max_steps))
+        report["stage1"] = str(Path(stage1).resolve())
+        log.info("A / B fine-tune: %s", {k: v for k, v in report.items() if k != "history"})
+        report_path.parent.mkdir(parents=True, exist_ok=True)
+        report_path.write_text(json.dumps(report, indent=2))
+        if not report["passed_gate"]:  # GRPO on A / B answers that ignore the evidence learns nothing from it
+            raise SystemExit(f"error: the A / B fine-tune stopped at step {report['steps']} with a follow rate of "
+                             f"{report['follow_rate']:.2f}, below its gate; see {report_path}")
+        save_pretrained(model, folder)
+    D.barrier(info)
+    _check_cached_stage1(report_path, stage1)
+    return load_pretrained(folder, dtype=torch.float32, device=info.device), folder
+
+
+def _check_cached_stage1(report_path: Path, stage1: str) -> None:
+    """A cached A / B fine-tune is reused only for the stage-1 checkpoint it was made from."""
+    cached = json.loads(report_path.read_text())["stage1"]
+    if cached != str(Path(stage1).resolve()):
+        raise SystemExit(f"error: {report_path.parent} holds an A / B fine-tune of {cached}, not of {stage1}: use "
+                         f"another --out")

@@ -30,6 +30,10 @@ under-trained warm start gives it no valid answers to learn from. Two phases:
    900 steps);
 2. the expert's full trajectories until a gate — the valid-answer rate of rollouts sampled at GRPO's temperature on
    held-out instances — is reached, not after a fixed number of steps.
+
+Before PPR, the same expert on A / B questions (``choice_warm_start``): it answers with the option the preset's
+``option_line`` puts first, beside option drills and rehearsal of the policy's own ranking trajectories, until a
+gate on sampled answers that follow the line (docs/ppr.md, "The A / B fine-tune").
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from agenticrec.agent import AgentConfig, Rollout, build_prompt
 from agenticrec.data import DEFAULT_CANDIDATES, Dataset, Instance
 from agenticrec.engine import Engine
 from agenticrec.policy import sft_loss
+from agenticrec.tasks import LESS, MORE, PreferenceTask
 from agenticrec.tokenizer import IM_END, tool_call_text, tool_response_ids
 from agenticrec.tools import Toolbox, context_for
 
@@ -92,6 +97,28 @@ def ordering_of(observation: str) -> list[int] | None:
     return [int(n) for n in line.split(", best first: ", 1)[1].split(", ")]
 
 
+def option_line(criterion: str, numbers: list[int], direction: str) -> str:
+    """An A / B question's counterpart of ``ordering_line``: ``Options by <criterion>, MORE likely first:`` and, on
+    the next line, ``{B}, {A}``: the two options (candidates 1 and 2 are A and B) in the order of the candidate
+    ``numbers`` (an ordering, best first), reversed for LESS, so that the option to answer always comes first.
+
+    Why the braces: ``{B`` is one token of the preset's BPE, the same token as in the answer ``\\boxed{B}``. With
+    the letters written ``B, A`` (the token `` B``) a fine-tuned stage-1 policy still named the line's first option
+    on only 0.50 of greedy A / B answers after 250 steps; with ``{B}, {A}`` on 1.00 at step 225 (docs/ppr.md)."""
+    letters = ["AB"[n - 1] for n in numbers]
+    if direction == LESS:
+        letters.reverse()
+    return f"Options by {criterion}, {direction} likely first:\n" + ", ".join("{%s}" % x for x in letters)
+
+
+def first_option(observation: str) -> str | None:
+    """The letter an observation's ``option_line`` puts first, or None when it ends with none."""
+    lines = observation.rstrip().split("\n")
+    if len(lines) < 2 or not lines[-2].startswith("Options by ") or not lines[-1].startswith("{"):
+        return None
+    return lines[-1].split(", ")[0].strip("{}")
+
+
 def expert_trajectory(tokenizer, data: Dataset, toolbox: Toolbox, instance: Instance, cfg: AgentConfig,
                       rng: random.Random, plan: tuple[str, ...] = WarmStartConfig.plan,
                       further_call: float = WarmStartConfig.further_call) -> tuple[list[int], list[int]]:
@@ -99,7 +126,8 @@ def expert_trajectory(tokenizer, data: Dataset, toolbox: Toolbox, instance: Inst
 
     The expert consults the enabled tools of ``plan`` in order: the first always, each next one with probability
     ``further_call`` (it stops at the first it skips), and answers with the top K of the LAST observation's
-    ordering, copied verbatim (under the preset that line orders by every tool consulted so far). It knows the
+    ordering, copied verbatim (under the preset that line orders by every tool consulted so far); an A / B question
+    (``PreferenceTask``) with the option its option line puts first (``first_option``). It knows the
     format and the tools; whether a further tool is worth consulting it decides by a coin, never by the instance:
     that is the headroom GRPO must find, and the coin lets GRPO's samples meet both choices.
     """
@@ -123,9 +151,11 @@ def expert_trajectory(tokenizer, data: Dataset, toolbox: Toolbox, instance: Inst
         earlier += ((name, arguments),)
         forced = tool_response_ids(tokenizer, [observation])
         ids, mask = ids + turn + forced, mask + [1] * len(turn) + [0] * len(forced)
-    order = ordering_of(observation)
-    k = min(cfg.answer_length, len(instance.candidates))
-    turn = tokenizer.encode(_answer_text(order[:k]), add_special_tokens=False)
+    if isinstance(instance, PreferenceTask):  # an A / B question: the option its option line puts first
+        answer = first_option(observation)
+    else:
+        answer = ordering_of(observation)[:min(cfg.answer_length, len(instance.candidates))]
+    turn = tokenizer.encode(_answer_text(answer), add_special_tokens=False)
     return ids + turn, mask + [1] * len(turn)
 
 
@@ -150,8 +180,9 @@ def copy_drill(tokenizer, rng: random.Random, num_candidates: int = 20, k: int =
     return forced + turn, [0] * len(forced) + [1] * len(turn)
 
 
-def _answer_text(numbers: list[int]) -> str:
-    return f"<think>I follow the last ranking.</think>\n<answer>\\boxed{{{numbers}}}</answer>{IM_END}"
+def _answer_text(answer: list[int] | str) -> str:
+    """The expert's answer turn: a ranking (``[4, 1, ...]``) or an A / B choice (``B``) in the agent's format."""
+    return f"<think>I follow the last ranking.</think>\n<answer>\\boxed{{{answer}}}</answer>{IM_END}"
 
 
 def valid_rate(model, tokenizer, data, toolbox, instances, cfg: AgentConfig, seed: int = 0) -> tuple[float, dict]:
@@ -190,7 +221,7 @@ def warm_start(model, tokenizer, data: Dataset, toolbox: Toolbox, train: list[In
     for step in tqdm(range(1, cfg.drill_steps + 1), desc="warm start: copy drill", leave=False):
         drills = [copy_drill(tokenizer, rng, _drill_size(cfg.drill_candidates, rng))
                   for _ in range(cfg.drill_batch_size)]
-        loss = _sft_step(model, optimizer, drills, device)
+        loss = _sft_step(model, optimizer, [drills], device)
     if cfg.drill_steps:
         history.append({"drill_steps": cfg.drill_steps, "loss": loss})
         log.info("warm start: copy drill done, %d steps, loss %.3f", cfg.drill_steps, loss)
@@ -199,7 +230,7 @@ def warm_start(model, tokenizer, data: Dataset, toolbox: Toolbox, train: list[In
         tasks = [rng.choice(train) for _ in range(cfg.batch_size)]
         batch = [expert_trajectory(tokenizer, data, toolbox, task, agent_cfg, rng, cfg.plan, coin)
                  for task, coin in zip(tasks, stratified_coins(len(tasks), cfg.further_call, rng))]
-        loss = _sft_step(model, optimizer, batch, device)
+        loss = _sft_step(model, optimizer, [batch], device)
         if step % cfg.check_every == 0:
             rate, reasons = gate_check(model, tokenizer, data, toolbox, gate[:cfg.gate_instances], agent_cfg,
                                        cfg.gate_valid_rate)
@@ -231,10 +262,126 @@ def stratified_coins(n: int, p: float, rng: random.Random) -> list[float]:
     return coins
 
 
-def _sft_step(model, optimizer, batch, device) -> float:
-    loss = sft_loss(model, batch, device)
+def token_mean_nll(model, parts: list[list[tuple[list[int], list[int]]]], device) -> torch.Tensor:
+    """``sft_loss`` of the parts' sequences together: the mean NLL of every mask-1 token. Each part is padded on its
+    own and weighted by its number of loss tokens (sft_loss scores mask[1:]), so short drills cost their own length,
+    not that of the longest trajectory. One part: sft_loss itself."""
+    parts = [part for part in parts if part]
+    if len(parts) == 1:
+        return sft_loss(model, parts[0], device)
+    counts = [sum(sum(mask[1:]) for _, mask in part) for part in parts]
+    return sum(sft_loss(model, part, device) * n for part, n in zip(parts, counts)) / sum(counts)
+
+
+def _sft_step(model, optimizer, parts, device) -> float:
+    loss = token_mean_nll(model, parts, device)
     optimizer.zero_grad()
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
     return loss.item()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The A / B fine-tune before PPR (the preset's stage 2 with the paper's grpo objective)
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChoiceStartConfig:
+    """Supervised fine-tune of the stage-1 policy on A / B questions, before PPR: the stage-1 policy never saw one
+    (its warm start has none), so the paper's objective would meet groups with no valid answers to learn from."""
+
+    lr: float = 3e-4
+    expert_batch: int = 8  # the expert's A / B trajectories per step
+    drill_batch: int = 16  # option drills per step (option_drill)
+    replay_batch: int = 8  # the stage-1 policy's own ranking trajectories per step (rehearsal)
+    max_steps: int = 400  # an upper bound; the gate normally stops it earlier
+    first_check: int = 150  # no gate check before this step (measured: the copy of the letter forms at ~225)
+    check_every: int = 25
+    gate_follow_rate: float = 0.95  # share of SAMPLED A / B answers that are valid and name the line's first option
+    gate_instances: int = 64
+    seed: int = 0
+
+
+OPTION_CRITERIA = ("co-occurrence with the history", "similar users' taste",
+                   "co-occurrence with the history, then similar users' taste")
+
+
+def option_drill(tokenizer, rng: random.Random) -> tuple[list[int], list[int]]:
+    """(ids, loss mask) of a short drill: an ``option_line`` alone as a tool response, and the answer turn naming
+    its first option; ``copy_drill``'s counterpart for A / B answers."""
+    numbers = [1, 2]
+    rng.shuffle(numbers)
+    line = option_line(rng.choice(OPTION_CRITERIA), numbers, rng.choice((MORE, LESS)))
+    forced = tool_response_ids(tokenizer, [line])
+    turn = tokenizer.encode(_answer_text(first_option(line)), add_special_tokens=False)
+    return forced + turn, [0] * len(forced) + [1] * len(turn)
+
+
+def choice_task(instance: Instance, rng: random.Random) -> PreferenceTask:
+    """An A / B question on a ranking instance: its target against a uniform other candidate, in random order, MORE
+    or LESS at random (the correct option: the target for MORE, the other for LESS). The fine-tune's questions: it
+    teaches the format, not which option is right, so the negative is not mined."""
+    negative = rng.choice([c for c in instance.candidates if c != instance.target])
+    options = [instance.target, negative]
+    rng.shuffle(options)
+    direction = rng.choice((MORE, LESS))
+    return PreferenceTask(instance.user, list(instance.history), instance.target if direction == MORE else negative,
+                          options, instance.position, instance.split, direction)
+
+
+def follow_rate(model, tokenizer, data, toolbox, tasks: list[PreferenceTask], cfg: AgentConfig,
+                seed: int = 0) -> tuple[float, dict]:
+    """The share of A / B rollouts sampled at ``cfg.temperature`` whose answer is valid and names the option the last
+    observation's ``option_line`` puts first, and the count of each way the others failed."""
+    model.eval()
+    trajectories = Rollout(Engine(model, cfg.max_context), tokenizer, data, toolbox, cfg).run(tasks, seed=seed)
+    model.train()
+    failed = Counter(reason for reason in map(follow_failure, trajectories) if reason)
+    return 1 - sum(failed.values()) / max(1, len(trajectories)), dict(failed)
+
+
+def follow_failure(trajectory) -> str | None:
+    """None when an A / B trajectory's answer is valid and names the option its last observation's ``option_line``
+    puts first; else why not: the invalid reason, ``no_option_line`` or ``other_option``."""
+    if trajectory.invalid_reason:
+        return trajectory.invalid_reason
+    line_first = first_option(trajectory.tool_calls[-1].observation) if trajectory.tool_calls else None
+    if line_first is None:
+        return "no_option_line"
+    answered = "AB"[trajectory.instance.candidates.index(trajectory.ranking[0])]
+    return None if answered == line_first else "other_option"
+
+
+def choice_warm_start(model, tokenizer, data: Dataset, toolbox: Toolbox, train: list[Instance],
+                      gate: list[PreferenceTask], replay: list[tuple[list[int], list[int]]], agent_cfg: AgentConfig,
+                      cfg: ChoiceStartConfig = ChoiceStartConfig()) -> dict:
+    """Train ``model`` in place on the expert's A / B trajectories (``expert_trajectory`` on ``choice_task``s of
+    ``train``: the plan's tools, the second in half of them, then the option line's first option), option drills and
+    ``replay`` (rehearsal of the ranking), until ``follow_rate`` on ``gate`` reaches the threshold (or
+    ``max_steps``). Without rehearsal the ranking's format is overwritten (docs/ppr.md)."""
+    rng, device = random.Random(cfg.seed), next(model.parameters()).device
+    torch.manual_seed(cfg.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    model.train()
+    start, history, rate = time.perf_counter(), [], 0.0
+    bar = tqdm(range(1, cfg.max_steps + 1), desc="A / B fine-tune", leave=False)
+    for step in bar:
+        tasks = [choice_task(rng.choice(train), rng) for _ in range(cfg.expert_batch)]
+        experts = [expert_trajectory(tokenizer, data, toolbox, task, agent_cfg, rng, WarmStartConfig.plan, coin)
+                   for task, coin in zip(tasks, stratified_coins(len(tasks), WarmStartConfig.further_call, rng))]
+        rehearsed = rng.sample(replay, min(len(replay), cfg.replay_batch))
+        drills = [option_drill(tokenizer, rng) for _ in range(cfg.drill_batch)]
+        loss = _sft_step(model, optimizer, [experts, rehearsed, drills], device)
+        if step >= cfg.first_check and step % cfg.check_every == 0:
+            rate, failed = follow_rate(model, tokenizer, data, toolbox, gate[:cfg.gate_instances], agent_cfg, step)
+            history.append({"step": step, "loss": loss, "follow_rate": rate, "failed": failed})
+            log.info("A / B fine-tune step %d: loss %.3f, follow rate %.2f at T=%g, failed %s", step, loss, rate,
+                     agent_cfg.temperature, failed)
+            bar.set_postfix(loss=f"{loss:.3f}", follow=f"{rate:.2f}")
+            if rate >= cfg.gate_follow_rate:
+                break
+    model.eval()
+    return {"steps": step, "follow_rate": rate, "passed_gate": rate >= cfg.gate_follow_rate,
+            "seconds": time.perf_counter() - start, "history": history}

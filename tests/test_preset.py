@@ -12,6 +12,7 @@ import train_ppr
 from agenticrec import preset, trainer
 from agenticrec.agent import AgentConfig, user_message
 from agenticrec.data import Instance
+from agenticrec.tasks import LESS, MORE
 from agenticrec.preset import PresetToolbox, tool_ordering_scorer
 from agenticrec.sasrec import TrainConfig
 from agenticrec.warmstart import ordering_line, ordering_of
@@ -65,6 +66,23 @@ def test_the_ordering_line_orders_by_every_tool_consulted_so_far_whatever_the_ca
     # co-occurrence decides, popularity 1 1 0 2 1 breaks its ties: 4 (2) before 5 (1); 1 and 2 (1, 1) by number
     assert line("get_session_behavior", (popularity,)) == (
         "Candidates by co-occurrence with the history, then popularity, best first: 4, 5, 1, 2, 3")
+
+
+def test_an_ab_question_ends_with_its_options_by_the_same_order_the_one_to_answer_first(boxes):
+    """Options A = item 3, B = item 2 (candidates 1 and 4 of CTX). Co-occurrence: item 3 2, item 2 4 -> B first;
+    taste: item 3 0.55, item 2 0.45 -> A first; co-occurrence then taste: the counts decide -> B first. LESS
+    reverses each. The evidence before the line is the paper's."""
+    paper, box = boxes
+    session = ("get_session_behavior", {})
+    expected = [("get_session_behavior", (), "co-occurrence with the history", "{B}, {A}", "{A}, {B}"),
+                ("get_similar_users", (), "similar users' taste", "{A}, {B}", "{B}, {A}"),
+                ("get_similar_users", (session,), "co-occurrence with the history, then similar users' taste",
+                 "{B}, {A}", "{A}, {B}")]
+    for name, earlier, criterion, more, less in expected:
+        for direction, letters in ((MORE, more), (LESS, less)):
+            ctx = dataclasses.replace(CTX, candidates=(3, 2), direction=direction)
+            assert box.call(name, {}, ctx, earlier).text == (
+                paper.call(name, {}, ctx).text + f"\nOptions by {criterion}, {direction} likely first:\n" + letters)
 
 
 def test_the_session_tools_order_alone_is_the_cooccurrence_baselines(boxes):
@@ -245,6 +263,8 @@ def test_train_ppr_and_evaluate_on_a_paper_checkpoint_take_only_its_dataset_and_
     assert other.dataset == "games"
     plain, taken = train_ppr.parse_args(["--model", str(tmp_path)])  # no train_config.json: the defaults
     assert plain == train_ppr.Config(model=str(tmp_path)) and taken == {}
+    with pytest.raises(SystemExit, match="--choice-warm-start needs a CPU preset checkpoint"):
+        train_ppr.parse_args(["--model", str(folder), "--choice-warm-start", "5"])
 
 
 def test_a_preset_checkpoint_brings_its_layer_to_train_ppr_and_evaluate(tmp_path):
@@ -252,13 +272,18 @@ def test_a_preset_checkpoint_brings_its_layer_to_train_ppr_and_evaluate(tmp_path
     warm = tmp_path / "run" / "preset" / "warm_start"
     saved_checkpoint(warm, "", stage1, None)
     folder = saved_checkpoint(tmp_path / "run" / "final", "train_grpo.py", stage1, preset.layer(warm))
-    cfg, taken = train_ppr.parse_args(["--model", str(folder), "--epochs", "2"])
+    cfg, taken = train_ppr.parse_args(["--model", str(folder), "--steps", "2"])
     agent = {"dataset": "games", **{k: preset.GRPO[k] for k in ("tools", "max_tool_calls", "max_turn_tokens",
                                                                   "max_context")}}
-    assert cfg == train_ppr.Config(**{"model": str(folder), **agent, **preset.PPR, "epochs": 2.0,
+    assert cfg == train_ppr.Config(**{"model": str(folder), **agent, **preset.PPR["grpo"], "steps": 2,
                                       "eval_candidates": "20"})
+    assert cfg.objective == "grpo" and cfg.choice_warm_start > 0  # the paper's objective, after the A / B fine-tune
     assert taken == {**agent, "train_candidates": "20", "eval_candidates": "20",
-                     **{k: v for k, v in preset.PPR.items() if k != "epochs"}}
+                     **{k: v for k, v in preset.PPR["grpo"].items() if k != "steps"}}
+    logistic, _ = train_ppr.parse_args(["--model", str(folder), "--objective", "logistic"])  # its own settings
+    assert logistic == train_ppr.Config(**{"model": str(folder), **agent, **preset.PPR["logistic"],
+                                           "objective": "logistic", "eval_candidates": "20"})
+    assert logistic.choice_warm_start == 0
     eval_cfg, layer = evaluate.parse_args(["--checkpoint", str(folder)])
     assert layer == preset.layer(warm)
     assert eval_cfg == evaluate.Config(checkpoint=str(folder), frozen=str(warm), **agent)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import train_ppr
+from agenticrec import preset
 from agenticrec.data import Instance, load_dataset, load_instances, split_instances
 from agenticrec.model import Qwen3, load_pretrained
 from agenticrec.policy import sft_loss
@@ -15,6 +16,7 @@ from agenticrec.ppr import random_pairs, read_pairs
 from agenticrec.tasks import LESS, MORE
 from agenticrec.trainer import size_breakdown
 from grpo_fakes import tiny_config, tiny_policy_folder, worker_weights
+from test_grpo_update import SINGLE
 
 SMALL = ["--dataset", "beauty2023", "--batch-size", "4", "--group-size", "2", "--max-turn-tokens", "8",
          "--max-context", "4096", "--eval-instances", "4", "--tools", "get_user_profile", "--threads", "1",
@@ -158,7 +160,6 @@ def test_rehearsal_joins_the_grpo_objectives_update(policy, tmp_path, monkeypatc
     """--replay-coef with the paper's objective. A random policy's A / B answers are all invalid (reward -1); with
     every group kept (neither all-equal nor all-negative groups dropped) the advantages are 0 and, the policy being
     its own reference, the KL gradient is 0 too. So without rehearsal the weights do not move, and with it they do."""
-    from test_grpo_update import SINGLE
     synthetic = [([3 + (i * 7 + j) % 50 for j in range(30)], [0] * 20 + [1] * 10) for i in range(6)]
     monkeypatch.setattr(train_ppr, "replay_trajectories", lambda rollout, instances, cfg: synthetic)
     args = ["--model", str(policy), *SMALL, "--objective", "grpo", "--steps", "2", "--no-drop-all-equal",
@@ -185,6 +186,35 @@ def test_rehearsal_joins_the_grpo_objectives_update(policy, tmp_path, monkeypatc
     assert losses == pytest.approx([0.5 * r["replay_nll"] for r in records])  # 0.5 x the NLL, once a step
     assert not any("replay_nll" in json.loads(line)
                    for line in (tmp_path / "plain" / "metrics.jsonl").read_text().splitlines())
+
+
+def test_the_choice_warm_start_is_the_policy_and_the_reference_ppr_starts_from(policy, tmp_path, monkeypatch):
+    """Under the preset, --choice-warm-start replaces the stage-1 weights by the A / B fine-tune's before anything is
+    built from them: the trained policy, the KL reference and the rollouts all start from it, and the layer saved
+    with the run names it. With --choice-warm-start 0, the stage-1 weights."""
+    layer = {**preset.layer(tmp_path / "warm_start"), "sasrec_train": {}}  # the tests' cached SASRec
+    monkeypatch.setattr(train_ppr, "read_train_config", lambda folder: {"config": {}, "preset": layer})
+    tuned = load_pretrained(policy)
+    with torch.no_grad():
+        for p in tuned.parameters():
+            p.add_(0.01)
+    calls = []
+
+    def choice_policy(model, tokenizer, data, toolbox, agent_cfg, layer, info, out, stage1, sizes, max_steps):
+        calls.append((stage1, sizes, max_steps, type(toolbox), agent_cfg.temperature))
+        return tuned, tmp_path / "choice_start"
+
+    monkeypatch.setattr(preset, "choice_policy", choice_policy)
+    stage1 = load_pretrained(policy).state_dict()
+    for steps, expected in ((7, tuned.state_dict()), (0, stage1)):  # the preset's own value would be taken otherwise
+        cfg, _ = train_ppr.parse_args(["--model", str(policy), *SMALL, "--out", str(tmp_path / "run"),
+                                       "--choice-warm-start", str(steps)])
+        run = train_ppr.setup(cfg, SINGLE, tmp_path / "run")
+        for model in (run.model, run.ref_model, run.rollout.engine.model):
+            for k, v in model.state_dict().items():
+                assert torch.equal(v, expected[k]), k
+        assert run.layer.get("choice_warm_start") == (str(tmp_path / "choice_start") if steps else None)
+    assert calls == [(str(policy), (20,), 7, preset.PresetToolbox, 0.6)]  # once: only with the flag
 
 
 def test_replay_batches_depend_on_seed_step_and_rank_only():

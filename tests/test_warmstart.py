@@ -12,7 +12,9 @@ from agenticrec.agent import AgentConfig, Rollout
 from agenticrec.engine import Engine
 from agenticrec.policy import sft_loss
 from agenticrec.preset import PresetToolbox
-from agenticrec.warmstart import (RANKING_TOOLS, WarmStartConfig, copy_drill, expert_trajectory, ordering_of,
+from agenticrec.tasks import LESS, MORE, PreferenceTask
+from agenticrec.warmstart import (RANKING_TOOLS, WarmStartConfig, choice_task, copy_drill, expert_trajectory,
+                                  first_option, follow_failure, option_drill, option_line, ordering_of,
                                   stratified_coins)
 from test_agent import INSTANCE, ScriptedModel
 from test_tools import FakeSASRec, tiny
@@ -139,3 +141,102 @@ def test_sft_loss_is_the_mean_nll_of_the_sampled_tokens():
             if mask[j]:
                 total, count = total - float(logp[j - 1, ids[j]]), count + 1
     assert count == 5 and loss.item() == pytest.approx(total / count, rel=1e-5)
+
+
+def test_a_loss_over_parts_is_the_token_mean_of_their_sequences_together():
+    """Parts padded on their own, weighted by their loss tokens: the same value and gradient as sft_loss over all
+    the sequences at once (the first part has 2 loss tokens and the second 6, so an unweighted mean differs)."""
+    import torch
+
+    from test_grpo_update import tiny_model
+    model = tiny_model(4)
+    long_part = [([5, 6, 7, 8, 9, 10, 11, 12], [0, 0, 0, 0, 0, 1, 0, 1])]
+    short_part = [([13, 14, 15], [0, 1, 1]), ([16, 17, 18, 19], [1, 1, 1, 1]), ([20, 21], [0, 1])]
+    cpu = torch.device("cpu")
+    grads = []
+    for loss_of in (lambda: sft_loss(model, long_part + short_part, cpu),
+                    lambda: warmstart.token_mean_nll(model, [long_part, [], short_part], cpu)):
+        model.zero_grad()
+        loss = loss_of()
+        loss.backward()
+        grads.append((loss.item(), [p.grad.clone() for p in model.parameters()]))
+    (whole, whole_grads), (parts, parts_grads) = grads
+    assert parts == pytest.approx(whole, rel=1e-6)
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(whole_grads, parts_grads))
+    unweighted = (sft_loss(model, long_part, cpu) + sft_loss(model, short_part, cpu)).item() / 2
+    assert abs(unweighted - whole) > 1e-3
+    assert warmstart.token_mean_nll(model, [short_part], cpu).item() == sft_loss(model, short_part, cpu).item()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# A / B answers (the fine-tune before PPR)
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_the_option_line_puts_the_option_to_answer_first():
+    assert option_line("popularity", [2, 1], MORE) == "Options by popularity, MORE likely first:\n{B}, {A}"
+    assert option_line("popularity", [2, 1], LESS) == "Options by popularity, LESS likely first:\n{A}, {B}"
+    assert option_line("taste", [1, 2], LESS) == "Options by taste, LESS likely first:\n{B}, {A}"
+    assert first_option("evidence\n" + option_line("taste", [1, 2], LESS)) == "B"
+    assert first_option("evidence\nCandidates by popularity, best first: 2, 1") is None
+    assert first_option("error: unknown tool 'x'") is None
+
+
+def ab_task(direction: str) -> PreferenceTask:
+    """INSTANCE's target (item 3) against item 2, as options A and B."""
+    return PreferenceTask(INSTANCE.user, INSTANCE.history, 3 if direction == MORE else 2, [3, 2], INSTANCE.position,
+                          "train", direction)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_expert_answers_an_ab_question_with_the_option_its_last_line_puts_first(tokenizer, seed):
+    """Co-occurrence with ann's history (0 1 7 4 2) in the train sequences: item 3 twice, item 2 four times
+    (test_preset's hand count), so the expert names B (item 2) for MORE and A (item 3) for LESS when it consults
+    co-occurrence alone. With the similar users' taste breaking ties the counts still decide: the same answers."""
+    box = PresetToolbox(tiny(), FakeSASRec(), enabled=WarmStartConfig.plan)
+    for direction, letter in ((MORE, "B"), (LESS, "A")):
+        task = ab_task(direction)
+        ids, mask = expert_trajectory(tokenizer, box.data, box, task, CFG, random.Random(seed))
+        [t] = Rollout(Engine(ScriptedModel(ids, len(tokenizer)), 4000), tokenizer, box.data, box, CFG).run([task])
+        assert (t.ids, t.mask) == (ids, mask) and t.invalid_reason is None
+        assert t.tool_calls[0].name == "get_session_behavior"
+        assert first_option(t.tool_calls[-1].observation) == letter
+        assert tokenizer.decode([i for i, m in zip(ids, mask) if m]).endswith(
+            f"<answer>\\boxed{{{letter}}}</answer><|im_end|>")
+        assert follow_failure(t) is None and t.reward == (1.0 if letter == task.answer else 0.0)
+
+
+def test_follow_failure_names_why_an_answer_does_not_follow_the_line():
+    observed = lambda text: [type("Call", (), {"observation": text})()]
+    line = "evidence\n" + option_line("taste", [2, 1], MORE)  # B first
+    trajectory = lambda ranking, calls, reason=None: type("T", (), dict(
+        instance=ab_task(MORE), ranking=ranking, tool_calls=calls, invalid_reason=reason))()
+    assert follow_failure(trajectory((2,), observed(line))) is None  # item 2 is option B
+    assert follow_failure(trajectory((3,), observed(line))) == "other_option"
+    assert follow_failure(trajectory((2,), observed("error: bad json"))) == "no_option_line"
+    assert follow_failure(trajectory((2,), [])) == "no_option_line"
+    assert follow_failure(trajectory(None, observed(line), "unclosed_answer")) == "unclosed_answer"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_option_drill_answers_with_its_lines_first_option(tokenizer, seed):
+    ids, mask = option_drill(tokenizer, random.Random(seed))
+    line = tokenizer.decode(ids).split("<tool_response>\n")[1].split("\n</tool_response>")[0]
+    assert line.startswith("Options by ") and line.split("\n")[1] in ("{A}, {B}", "{B}, {A}")
+    answer = tokenizer.decode([i for i, m in zip(ids, mask) if m])
+    first = line.split("\n")[1][1]  # "{B}, {A}" -> B
+    assert answer == f"<think>I follow the last ranking.</think>\n<answer>\\boxed{{{first}}}</answer><|im_end|>"
+    assert mask == sorted(mask)
+
+
+def test_choice_task_asks_about_the_target_and_another_candidate_either_way():
+    rng, seen = random.Random(0), Counter()
+    for _ in range(400):
+        task = choice_task(INSTANCE, rng)
+        assert INSTANCE.target in task.candidates and len(set(task.candidates)) == 2
+        other = next(c for c in task.candidates if c != INSTANCE.target)
+        assert other in INSTANCE.candidates
+        assert task.target == (INSTANCE.target if task.direction == MORE else other)
+        assert (task.history, task.position, task.user) == (INSTANCE.history, INSTANCE.position, INSTANCE.user)
+        seen[task.direction, task.candidates.index(INSTANCE.target), other] += 1
+    assert len(seen) == 2 * 2 * 4  # both directions, the target at A and at B, each of the 4 other candidates
