@@ -390,7 +390,10 @@ def choice_policy(model, tokenizer, data: Dataset, toolbox: PresetToolbox, agent
 
 
 def _check_cached_stage1(report_path: Path, stage1: str) -> None:
-    """A cached A / B fine-tune is reused only for the stage-1 checkpoint it was made from."""
+    """A cached A / B fine-tune is reused only for the stage-1 checkpoint it was made from (its report says which)."""
+    if not report_path.is_file():
+        raise SystemExit(f"error: {report_path} is missing, so the A / B fine-tune in {report_path.parent} cannot be "
+                         f"matched to a stage-1 checkpoint: use another --out")
     cached = json.loads(report_path.read_text())["stage1"]
     if cached != str(Path(stage1).resolve()):
         raise SystemExit(f"error: {report_path.parent} holds an A / B fine-tune of {cached}, not of {stage1}: use "

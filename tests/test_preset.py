@@ -209,6 +209,28 @@ def test_train_ppr_evaluates_the_ranking_on_the_sizes_stage_1_was_evaluated_on(t
     assert train_ppr.parse_args(["--model", str(folder)])[0].eval_candidates == "50,100"
 
 
+def test_a_cached_ab_fine_tune_is_loaded_only_for_its_stage_1_checkpoint(tmp_path):
+    """choice_policy trains nothing when out/preset/choice_start holds a fine-tune of the same stage-1 folder (the
+    model argument is never touched), and refuses one made from another folder or without its report."""
+    import torch
+
+    from agenticrec.model import save_pretrained
+    from test_grpo_update import SINGLE, tiny_model
+    cached = tiny_model(5)
+    save_pretrained(cached, tmp_path / "out" / "preset" / "choice_start")
+    load = lambda stage1: preset.choice_policy(None, None, None, None, None, None, SINGLE, tmp_path / "out", stage1,
+                                               (20,), 400)
+    with pytest.raises(SystemExit, match="choice_start_report.json is missing"):
+        load(str(tmp_path / "grpo" / "final"))
+    (tmp_path / "out" / "preset" / "choice_start_report.json").write_text(
+        json.dumps({"stage1": str((tmp_path / "grpo" / "final").resolve()), "steps": 300}))
+    model, folder = load(str(tmp_path / "grpo" / "final"))
+    assert folder == tmp_path / "out" / "preset" / "choice_start"
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), cached.state_dict().values()))
+    with pytest.raises(SystemExit, match="holds an A / B fine-tune of .*grpo/final, not of .*other"):
+        load(str(tmp_path / "other"))
+
+
 def test_a_cached_warm_start_is_reused_only_for_the_sizes_it_was_trained_on(tmp_path):
     report = tmp_path / "warm_start_report.json"
     preset._check_cached_sizes(report, (20, 50))  # no report: nothing to compare
