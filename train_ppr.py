@@ -108,9 +108,10 @@ def parse_args(argv=None) -> tuple[Config, dict]:
     taken = {k: saved["config"][k] for k in STAGE1_SETTINGS if k in saved["config"]}
     stage1_sizes = saved["config"].get("eval_candidates") or saved["config"].get("train_candidates")
     taken.update({"eval_candidates": stage1_sizes} if stage1_sizes else {})
-    taken.update(preset.PPR[given.get("objective", Config.objective)] if saved["preset"] else {})
-    if given.get("objective", Config.objective) not in ("grpo", "logistic"):
-        raise SystemExit(f"error: --objective must be grpo or logistic, got {given['objective']!r}")
+    objective = given.get("objective", Config.objective)
+    if objective not in ("grpo", "logistic"):
+        raise SystemExit(f"error: --objective must be grpo or logistic, got {objective!r}")
+    taken.update(preset.PPR[objective] if saved["preset"] else {})
     cfg = Config(**{**taken, **given})
     if cfg.choice_warm_start and not saved["preset"]:
         raise SystemExit("error: --choice-warm-start needs a CPU preset checkpoint (its tools write the option lines)")

@@ -306,6 +306,8 @@ def test_a_preset_checkpoint_brings_its_layer_to_train_ppr_and_evaluate(tmp_path
     assert logistic == train_ppr.Config(**{"model": str(folder), **agent, **preset.PPR["logistic"],
                                            "objective": "logistic", "eval_candidates": "20"})
     assert logistic.choice_warm_start == 0
+    with pytest.raises(SystemExit, match="--objective must be grpo or logistic, got 'dpo'"):  # not a KeyError
+        train_ppr.parse_args(["--model", str(folder), "--objective", "dpo"])
     eval_cfg, layer = evaluate.parse_args(["--checkpoint", str(folder)])
     assert layer == preset.layer(warm)
     assert eval_cfg == evaluate.Config(checkpoint=str(folder), frozen=str(warm), **agent)
