@@ -104,7 +104,8 @@ def option_line(criterion: str, numbers: list[int], direction: str) -> str:
 
     Why the braces: ``{B`` is one token of the preset's BPE, the same token as in the answer ``\\boxed{B}``. With
     the letters written ``B, A`` (the token `` B``) a fine-tuned stage-1 policy still named the line's first option
-    on only 0.50 of greedy A / B answers after 250 steps; with ``{B}, {A}`` on 1.00 at step 225 (docs/ppr.md)."""
+    on only 0.50 of greedy A / B answers after 250 steps; with ``{B}, {A}`` the copy formed within 225-300 steps in
+    each of three runs (docs/ppr.md)."""
     letters = ["AB"[n - 1] for n in numbers]
     if direction == LESS:
         letters.reverse()
@@ -154,7 +155,11 @@ def expert_trajectory(tokenizer, data: Dataset, toolbox: Toolbox, instance: Inst
     if isinstance(instance, PreferenceTask):  # an A / B question: the option its option line puts first
         answer = first_option(observation)
     else:
-        answer = ordering_of(observation)[:min(cfg.answer_length, len(instance.candidates))]
+        order = ordering_of(observation)
+        answer = None if order is None else order[:min(cfg.answer_length, len(instance.candidates))]
+    if answer is None:  # a cut observation (MAX_OBSERVATION_CHARS) or an error: nothing to copy
+        raise ValueError(f"the expert's last observation ({calls[-1]}) does not end with the line it copies: "
+                         f"{observation[-120:]!r}")
     turn = tokenizer.encode(_answer_text(answer), add_special_tokens=False)
     return ids + turn, mask + [1] * len(turn)
 

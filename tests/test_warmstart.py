@@ -240,3 +240,12 @@ def test_choice_task_asks_about_the_target_and_another_candidate_either_way():
         assert (task.history, task.position, task.user) == (INSTANCE.history, INSTANCE.position, INSTANCE.user)
         seen[task.direction, task.candidates.index(INSTANCE.target), other] += 1
     assert len(seen) == 2 * 2 * 4  # both directions, the target at A and at B, each of the 4 other candidates
+
+
+def test_the_expert_refuses_an_observation_without_the_line_it_copies(tokenizer, monkeypatch):
+    """A cut or error observation has no line to copy: a clear error, not an answer of None."""
+    box = PresetToolbox(tiny(), FakeSASRec(), enabled=WarmStartConfig.plan)
+    monkeypatch.setattr(PresetToolbox, "observe", lambda self, tool, context, arguments, earlier=(): "evidence only")
+    for task in (INSTANCE, ab_task(MORE)):
+        with pytest.raises(ValueError, match="does not end with the line it copies: 'evidence only'"):
+            expert_trajectory(tokenizer, box.data, box, task, CFG, random.Random(0))
