@@ -61,6 +61,7 @@ from agenticrec.trainer import (DataStream, MetricsLog, Objective, Sampling, Tra
                                 load_policy, make_rollout, make_toolbox, reference_policy, release_rollout,
                                 rows_per_call, size_breakdown, size_lines, start_run, summarize, sync_rollout,
                                 train_sizes, update, update_metrics, valid_instances, warmup_schedule)
+from agenticrec.warmstart import ChoiceStartConfig
 
 log = logging.getLogger("train_ppr")
 
@@ -307,7 +308,8 @@ def setup(cfg: Config, info: D.DistInfo, out: Path) -> Run:
     model, tokenizer = load_policy(cfg.model, info)
     if cfg.choice_warm_start:  # the preset: a stage-1 policy that answers A / B questions, PPR's start and reference
         model, folder = preset.choice_policy(model, tokenizer, data, toolbox, agent_config(cfg), layer, info, out,
-                                             cfg.model, train_sizes(cfg), cfg.choice_warm_start)
+                                             cfg.model, train_sizes(cfg),
+                                             ChoiceStartConfig(max_steps=cfg.choice_warm_start, seed=cfg.seed))
         layer = {**layer, "choice_warm_start": str(folder)}
     dtype = getattr(torch, cfg.dtype)
     ref_model = reference_policy(model, dtype, info) if cfg.objective == "grpo" and cfg.kl_coef > 0 else None

@@ -347,19 +347,20 @@ REPLAY_INSTANCES = 512  # train instances whose stage-1 greedy ranking trajector
 
 
 def choice_policy(model, tokenizer, data: Dataset, toolbox: PresetToolbox, agent_cfg, layer: dict, info, out: Path,
-                  stage1: str, candidate_sizes: tuple[int, ...], max_steps: int):
+                  stage1: str, candidate_sizes: tuple[int, ...], cfg):
     """(model, folder): the stage-1 ``model`` fine-tuned to answer PPR's A / B questions
     (``agenticrec.warmstart.choice_warm_start``), cached in out/preset/choice_start (rank 0 trains, the others wait
     and load). The stage-1 preset policy never saw an A / B question, so the paper's objective would meet only
     invalid answers. Its own greedy ranking trajectories on the first train instances are the rehearsal that keeps
-    its ranking. Exits when the fine-tune misses its gate."""
+    its ranking. ``cfg``: a ``warmstart.ChoiceStartConfig`` (its seed draws the gate's questions too). Exits when the
+    fine-tune misses its gate."""
     import torch
 
     from agenticrec import distributed as D
     from agenticrec.agent import Rollout
     from agenticrec.engine import Engine
     from agenticrec.model import load_pretrained, save_pretrained
-    from agenticrec.warmstart import ChoiceStartConfig, choice_task, choice_warm_start
+    from agenticrec.warmstart import choice_task, choice_warm_start
 
     folder, report_path = out / "preset" / "choice_start", out / "preset" / "choice_start_report.json"
     if not (folder / "config.json").is_file() and info.is_main:
@@ -369,13 +370,12 @@ def choice_policy(model, tokenizer, data: Dataset, toolbox: PresetToolbox, agent
                          dataclasses.replace(agent_cfg, temperature=0.0))
         replay = [(t.ids, t.mask) for start in range(0, REPLAY_INSTANCES, 128)
                   for t in greedy.run(train[start:start + 128]) if t.invalid_reason is None]
-        rng = random.Random(0)
+        rng = random.Random(cfg.seed)
         valid_tail = interleave([split_instances(data, "valid", n)[-(64 // len(candidate_sizes)):]
                                  for n in candidate_sizes])
         gate = [choice_task(x, rng) for x in valid_tail]
-        torch.manual_seed(0)
         report = choice_warm_start(model, tokenizer, prompts, toolbox, train[REPLAY_INSTANCES:], gate, replay,
-                                   agent_cfg, ChoiceStartConfig(max_steps=max_steps))
+                                   agent_cfg, cfg)
         report["stage1"] = str(Path(stage1).resolve())
         log.info("A / B fine-tune: %s", {k: v for k, v in report.items() if k != "history"})
         report_path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """The mutants of benchmarks/mutation.py: one plausible wrong edit each, on the path from a sampled token to a
 gradient (the reward, advantages, dynamic sampling and padding, masks, log-prob gathering, the loss and its
-aggregation, the KL, the PPR tasks, labels and loss, the parser).
+aggregation, the KL, the PPR tasks, labels and loss, the parser), and the preset's A / B option line and fine-tune.
 
 An entry is (name, file, the exact old text, the new text, why it is wrong); ``equivalent`` explains an edit that
 no test can tell apart (it is listed, not counted). The old text must occur exactly once in its file.
@@ -27,6 +27,7 @@ ENGINE, AGENT, PARSING, PPR, TRAIN_PPR = ("agenticrec/engine.py", "agenticrec/ag
                                           "agenticrec/ppr.py", "train_ppr.py")
 TASKS = "agenticrec/tasks.py"
 DIST = "agenticrec/distributed.py"
+TOOLS, WARMSTART, PRESET = "agenticrec/tools.py", "agenticrec/warmstart.py", "agenticrec/preset.py"
 
 MUTANTS = [
     # ---- the reward and the ranking metrics ---------------------------------------------------------------------
@@ -298,4 +299,22 @@ MUTANTS = [
            "for name, p in list(model.named_parameters())[:-1]:", "the last parameter of the copy is never refreshed"),
     Mutant("kv_rows_moved_out_of_order", ENGINE, "order = reversed(range(len(index)))", "order = range(len(index))",
            "prefix sharing copies rows in an order that overwrites a source before it is read"),
+    # the preset's A / B questions before PPR: the option line, the expert, the fine-tune's start
+    Mutant("context_drops_the_direction", TOOLS, "direction = instance.direction if isinstance(",
+           "direction = None if isinstance(", "an A / B question's tools never learn its direction"),
+    Mutant("option_line_less_not_reversed", WARMSTART, "    if direction == LESS:\n        letters.reverse()",
+           "    if direction == MORE:\n        letters.reverse()", "the option line puts the wrong option first"),
+    Mutant("option_line_from_the_ranking_line", PRESET, "        if context.direction is not None:  # an A / B",
+           "        if context.direction is None:  # an A / B", "an A / B question gets the ranking's line"),
+    Mutant("expert_ab_answer_second_option", WARMSTART, 'return lines[-1].split(", ")[0].strip("{}")',
+           'return lines[-1].split(", ")[-1].strip("{}")', "the expert answers with the option the line puts last"),
+    Mutant("follow_ignores_the_option", WARMSTART, 'return None if answered == line_first else "other_option"',
+           "return None", "the fine-tune's gate counts any valid answer as following the line"),
+    Mutant("choice_task_less_asks_the_target", WARMSTART, "instance.target if direction == MORE else negative",
+           "instance.target", "a LESS question whose correct option is the target"),
+    Mutant("choice_warm_start_ignored", TRAIN_PPR, "    if cfg.choice_warm_start:  # the preset",
+           "    if False:  # the preset", "PPR starts from (and is pulled back to) the stage-1 policy, not the fine-tune"),
+    Mutant("preset_ppr_settings_of_the_default_objective", TRAIN_PPR,
+           'preset.PPR[given.get("objective", Config.objective)]', 'preset.PPR[Config.objective]',
+           "--objective logistic on a preset checkpoint runs with the grpo settings"),
 ]

@@ -215,11 +215,12 @@ def test_a_cached_ab_fine_tune_is_loaded_only_for_its_stage_1_checkpoint(tmp_pat
     import torch
 
     from agenticrec.model import save_pretrained
+    from agenticrec.warmstart import ChoiceStartConfig
     from test_grpo_update import SINGLE, tiny_model
     cached = tiny_model(5)
     save_pretrained(cached, tmp_path / "out" / "preset" / "choice_start")
     load = lambda stage1: preset.choice_policy(None, None, None, None, None, None, SINGLE, tmp_path / "out", stage1,
-                                               (20,), 400)
+                                               (20,), ChoiceStartConfig())
     with pytest.raises(SystemExit, match="choice_start_report.json is missing"):
         load(str(tmp_path / "grpo" / "final"))
     (tmp_path / "out" / "preset" / "choice_start_report.json").write_text(

@@ -15,6 +15,7 @@ from agenticrec.policy import sft_loss
 from agenticrec.ppr import random_pairs, read_pairs
 from agenticrec.tasks import LESS, MORE
 from agenticrec.trainer import size_breakdown
+from agenticrec.warmstart import ChoiceStartConfig
 from grpo_fakes import tiny_config, tiny_policy_folder, worker_weights
 from test_grpo_update import SINGLE
 
@@ -200,21 +201,21 @@ def test_the_choice_warm_start_is_the_policy_and_the_reference_ppr_starts_from(p
             p.add_(0.01)
     calls = []
 
-    def choice_policy(model, tokenizer, data, toolbox, agent_cfg, layer, info, out, stage1, sizes, max_steps):
-        calls.append((stage1, sizes, max_steps, type(toolbox), agent_cfg.temperature))
+    def choice_policy(model, tokenizer, data, toolbox, agent_cfg, layer, info, out, stage1, sizes, choice_cfg):
+        calls.append((stage1, sizes, choice_cfg, type(toolbox), agent_cfg.temperature))
         return tuned, tmp_path / "choice_start"
 
     monkeypatch.setattr(preset, "choice_policy", choice_policy)
     stage1 = load_pretrained(policy).state_dict()
     for steps, expected in ((7, tuned.state_dict()), (0, stage1)):  # the preset's own value would be taken otherwise
         cfg, _ = train_ppr.parse_args(["--model", str(policy), *SMALL, "--out", str(tmp_path / "run"),
-                                       "--choice-warm-start", str(steps)])
+                                       "--choice-warm-start", str(steps), "--seed", "3"])
         run = train_ppr.setup(cfg, SINGLE, tmp_path / "run")
         for model in (run.model, run.ref_model, run.rollout.engine.model):
             for k, v in model.state_dict().items():
                 assert torch.equal(v, expected[k]), k
         assert run.layer.get("choice_warm_start") == (str(tmp_path / "choice_start") if steps else None)
-    assert calls == [(str(policy), (20,), 7, preset.PresetToolbox, 0.6)]  # once: only with the flag
+    assert calls == [(str(policy), (20,), ChoiceStartConfig(max_steps=7, seed=3), preset.PresetToolbox, 0.6)]  # once
 
 
 def test_replay_batches_depend_on_seed_step_and_rank_only():
