@@ -314,7 +314,7 @@ MUTANTS = [
            "instance.target", "a LESS question whose correct option is the target"),
     Mutant("choice_warm_start_ignored", TRAIN_PPR, "    if cfg.choice_warm_start:  # the preset",
            "    if False:  # the preset", "PPR starts from (and is pulled back to) the stage-1 policy, not the fine-tune"),
-    Mutant("preset_ppr_settings_of_the_default_objective", TRAIN_PPR,
-           'preset.PPR[given.get("objective", Config.objective)]', 'preset.PPR[Config.objective]',
+    Mutant("preset_ppr_settings_fixed", TRAIN_PPR,
+           "preset.PPR[objective] if saved", "preset.PPR[Config.objective] if saved",
            "--objective logistic on a preset checkpoint runs with the grpo settings"),
 ]
