@@ -193,11 +193,17 @@ def _answer_text(answer: list[int] | str) -> str:
 def valid_rate(model, tokenizer, data, toolbox, instances, cfg: AgentConfig, seed: int = 0) -> tuple[float, dict]:
     """Valid-answer rate of rollouts on ``instances`` at ``cfg.temperature`` (seeded; 0 = greedy), and the count of
     each invalid reason."""
+    trajectories = _gate_rollouts(model, tokenizer, data, toolbox, instances, cfg, seed)
+    reasons = Counter(t.invalid_reason for t in trajectories if t.invalid_reason)
+    return float(np.mean([t.invalid_reason is None for t in trajectories])), dict(reasons)
+
+
+def _gate_rollouts(model, tokenizer, data, toolbox, instances, cfg: AgentConfig, seed: int):
+    """Rollouts of ``instances`` at ``cfg.temperature`` (seeded) with the model in eval mode, then back to training."""
     model.eval()
     trajectories = Rollout(Engine(model, cfg.max_context), tokenizer, data, toolbox, cfg).run(instances, seed=seed)
     model.train()
-    reasons = Counter(t.invalid_reason for t in trajectories if t.invalid_reason)
-    return float(np.mean([t.invalid_reason is None for t in trajectories])), dict(reasons)
+    return trajectories
 
 
 def gate_check(model, tokenizer, data, toolbox, gate: list[Instance], cfg: AgentConfig,
@@ -340,9 +346,7 @@ def follow_rate(model, tokenizer, data, toolbox, tasks: list[PreferenceTask], cf
                 seed: int = 0) -> tuple[float, dict]:
     """The share of A / B rollouts sampled at ``cfg.temperature`` whose answer is valid and names the option the last
     observation's ``option_line`` puts first, and the count of each way the others failed."""
-    model.eval()
-    trajectories = Rollout(Engine(model, cfg.max_context), tokenizer, data, toolbox, cfg).run(tasks, seed=seed)
-    model.train()
+    trajectories = _gate_rollouts(model, tokenizer, data, toolbox, tasks, cfg, seed)
     failed = Counter(reason for reason in map(follow_failure, trajectories) if reason)
     return 1 - sum(failed.values()) / max(1, len(trajectories)), dict(failed)
 

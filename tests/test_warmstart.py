@@ -4,6 +4,7 @@ its answer copies the last ordering line, and it follows its plan: the first too
 import random
 import re
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 
@@ -207,10 +208,10 @@ def test_the_expert_answers_an_ab_question_with_the_option_its_last_line_puts_fi
 
 
 def test_follow_failure_names_why_an_answer_does_not_follow_the_line():
-    observed = lambda text: [type("Call", (), {"observation": text})()]
+    observed = lambda text: [SimpleNamespace(observation=text)]
     line = "evidence\n" + option_line("taste", [2, 1], MORE)  # B first
-    trajectory = lambda ranking, calls, reason=None: type("T", (), dict(
-        instance=ab_task(MORE), ranking=ranking, tool_calls=calls, invalid_reason=reason))()
+    trajectory = lambda ranking, calls, reason=None: SimpleNamespace(
+        instance=ab_task(MORE), ranking=ranking, tool_calls=calls, invalid_reason=reason)
     assert follow_failure(trajectory((2,), observed(line))) is None  # item 2 is option B
     assert follow_failure(trajectory((3,), observed(line))) == "other_option"
     assert follow_failure(trajectory((2,), observed("error: bad json"))) == "no_option_line"
