@@ -160,7 +160,7 @@ def expert_trajectory(tokenizer, data: Dataset, toolbox: Toolbox, instance: Inst
     if answer is None:  # a cut observation (MAX_OBSERVATION_CHARS) or an error: nothing to copy
         raise ValueError(f"the expert's last observation ({calls[-1]}) does not end with the line it copies: "
                          f"{observation[-120:]!r}")
-    turn = tokenizer.encode(_answer_text(answer), add_special_tokens=False)
+    turn = tokenizer.encode(expert_answer_text(answer), add_special_tokens=False)
     return ids + turn, mask + [1] * len(turn)
 
 
@@ -181,11 +181,11 @@ def copy_drill(tokenizer, rng: random.Random, num_candidates: int = 20, k: int =
     criteria = ["popularity", "co-occurrence with the history", "similarity", "similar users' taste"]
     criterion = ", then ".join(rng.sample(criteria, rng.choice([1, 1, 2])))
     forced = tool_response_ids(tokenizer, [ordering_line(criterion, scores)])
-    turn = tokenizer.encode(_answer_text(order[:k]), add_special_tokens=False)
+    turn = tokenizer.encode(expert_answer_text(order[:k]), add_special_tokens=False)
     return forced + turn, [0] * len(forced) + [1] * len(turn)
 
 
-def _answer_text(answer: list[int] | str) -> str:
+def expert_answer_text(answer: list[int] | str) -> str:
     """The expert's answer turn: a ranking (``[4, 1, ...]``) or an A / B choice (``B``) in the agent's format."""
     return f"<think>I follow the last ranking.</think>\n<answer>\\boxed{{{answer}}}</answer>{IM_END}"
 
@@ -232,7 +232,7 @@ def warm_start(model, tokenizer, data: Dataset, toolbox: Toolbox, train: list[In
     for step in tqdm(range(1, cfg.drill_steps + 1), desc="warm start: copy drill", leave=False):
         drills = [copy_drill(tokenizer, rng, _drill_size(cfg.drill_candidates, rng))
                   for _ in range(cfg.drill_batch_size)]
-        loss = _sft_step(model, optimizer, [drills], device)
+        loss = sft_step(model, optimizer, [drills], device)
     if cfg.drill_steps:
         history.append({"drill_steps": cfg.drill_steps, "loss": loss})
         log.info("warm start: copy drill done, %d steps, loss %.3f", cfg.drill_steps, loss)
@@ -241,7 +241,7 @@ def warm_start(model, tokenizer, data: Dataset, toolbox: Toolbox, train: list[In
         tasks = [rng.choice(train) for _ in range(cfg.batch_size)]
         batch = [expert_trajectory(tokenizer, data, toolbox, task, agent_cfg, rng, cfg.plan, coin)
                  for task, coin in zip(tasks, stratified_coins(len(tasks), cfg.further_call, rng))]
-        loss = _sft_step(model, optimizer, [batch], device)
+        loss = sft_step(model, optimizer, [batch], device)
         if step % cfg.check_every == 0:
             rate, reasons = gate_check(model, tokenizer, data, toolbox, gate[:cfg.gate_instances], agent_cfg,
                                        cfg.gate_valid_rate)
@@ -284,7 +284,8 @@ def token_mean_nll(model, parts: list[list[tuple[list[int], list[int]]]], device
     return sum(sft_loss(model, part, device) * n for part, n in zip(parts, counts)) / sum(counts)
 
 
-def _sft_step(model, optimizer, parts, device) -> float:
+def sft_step(model, optimizer, parts, device) -> float:
+    """One optimiser step on ``token_mean_nll`` of ``parts``, the gradient norm clipped at 1; returns the loss."""
     loss = token_mean_nll(model, parts, device)
     optimizer.zero_grad()
     loss.backward()
@@ -326,7 +327,7 @@ def option_drill(tokenizer, rng: random.Random) -> tuple[list[int], list[int]]:
     rng.shuffle(numbers)
     line = option_line(rng.choice(OPTION_CRITERIA), numbers, rng.choice((MORE, LESS)))
     forced = tool_response_ids(tokenizer, [line])
-    turn = tokenizer.encode(_answer_text(first_option(line)), add_special_tokens=False)
+    turn = tokenizer.encode(expert_answer_text(first_option(line)), add_special_tokens=False)
     return forced + turn, [0] * len(forced) + [1] * len(turn)
 
 
@@ -382,7 +383,7 @@ def choice_warm_start(model, tokenizer, data: Dataset, toolbox: Toolbox, train: 
                    for task, coin in zip(tasks, stratified_coins(len(tasks), WarmStartConfig.further_call, rng))]
         rehearsed = rng.sample(replay, min(len(replay), cfg.replay_batch))
         drills = [option_drill(tokenizer, rng) for _ in range(cfg.drill_batch)]
-        loss = _sft_step(model, optimizer, [experts, rehearsed, drills], device)
+        loss = sft_step(model, optimizer, [experts, rehearsed, drills], device)
         if step >= cfg.first_check and step % cfg.check_every == 0:
             rate, failed = follow_rate(model, tokenizer, data, toolbox, gate[:cfg.gate_instances], agent_cfg, step)
             history.append({"step": step, "loss": loss, "follow_rate": rate, "failed": failed})
