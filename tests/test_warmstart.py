@@ -1,6 +1,7 @@
 """The CPU preset's scripted expert: its trajectories are exactly what the rollout builds for the same actions,
 its answer copies the last ordering line, and it follows its plan: the first tool always, each next one by a coin."""
 
+import dataclasses
 import random
 import re
 from collections import Counter
@@ -250,3 +251,16 @@ def test_the_expert_refuses_an_observation_without_the_line_it_copies(tokenizer,
     for task in (INSTANCE, ab_task(MORE)):
         with pytest.raises(ValueError, match="does not end with the line it copies: 'evidence only'"):
             expert_trajectory(tokenizer, box.data, box, task, CFG, random.Random(0))
+
+
+def test_tool_free_answer_is_what_a_reasoning_only_rollout_builds_and_ranks_in_prompt_order(tokenizer, box):
+    from benchmarks.tool_free import prompt_order_ranks, tool_free_trajectory
+    ids, mask = tool_free_trajectory(tokenizer, box.data, box, INSTANCE, CFG)  # CFG has tools: it disables them
+    free = dataclasses.replace(CFG, use_tools=False)
+    [t] = Rollout(Engine(ScriptedModel(ids, len(tokenizer)), 4000), tokenizer, box.data, box, free).run([INSTANCE])
+    assert (t.ids, t.mask) == (ids, mask) and t.invalid_reason is None and not t.tool_calls
+    assert t.ranking == tuple(INSTANCE.candidates)  # answer_length 5 = all five, in the prompt's order
+    assert "<tools>" not in tokenizer.decode(ids)  # the reasoning-only prompt: no tool schema
+    far = dataclasses.replace(INSTANCE, candidates=[5, 6, 2, 4, 3])  # the target is candidate 5
+    assert prompt_order_ranks([INSTANCE, far], 5) == [2, 5] == [t.rank, 5]
+    assert prompt_order_ranks([INSTANCE, far], 4) == [2, None]

@@ -1,0 +1,132 @@
+"""What the reasoning-only column of the ablation can show under the CPU preset.
+
+    python benchmarks/tool_free.py [--checkpoint runs/grpo/final] [--steps 150] [--limit 300] [--split test]
+
+The preset's warm start never saw a tool-free trajectory, so with tools disabled its policies answer nothing valid
+(docs/results.md, the ablation). This script asks what one would gain by teaching them: it fine-tunes the frozen
+policy (the checkpoint's warm start) and the trained one alike, in memory, on tool-free trajectories whose answer
+is the first 10 candidates in the prompt's order (the only ranking a model that has no line to copy writes
+validly; a popularity order was answered with repeated numbers), with rehearsal of the policy's own greedy ranking
+trajectories, and prints both policies' greedy rows without and with tools before and after, beside the prompt
+order itself scored without a model. Any answer that does not read the candidates scores 1/N H@1 in expectation
+(the candidates are shuffled, ``agenticrec.data.build_instances``), so the fine-tuned rows show whether "trained >
+frozen, reasoning only" can hold for a policy that learns about items only from its tools. Nothing is saved.
+~5 minutes on 2 cores at the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import random
+from pathlib import Path
+
+import torch
+
+from agenticrec import distributed as D
+from agenticrec import preset
+from agenticrec.agent import AgentConfig, Rollout, build_prompt
+from agenticrec.checkpoint import read_train_config
+from agenticrec.data import load_dataset, split_instances
+from agenticrec.engine import Engine
+from agenticrec.evaluation import agent_statistics, agent_table, metric_cis, paired_table, quality_table, run_agent
+from agenticrec.model import load_pretrained
+from agenticrec.tokenizer import load_tokenizer
+from agenticrec.trainer import make_toolbox
+from agenticrec.warmstart import expert_answer_text, sft_step
+
+REHEARSAL_INSTANCES = 256  # train instances whose greedy ranking trajectories are rehearsed (the A / B fine-tune's)
+
+
+def prompt_order_ranks(instances, k: int) -> list[int | None]:
+    """The target's rank when the answer is the first ``k`` candidates in the prompt's order (None beyond them)."""
+    return [x.candidates.index(x.target) + 1 if x.candidates.index(x.target) < k else None for x in instances]
+
+
+def tool_free_trajectory(tokenizer, prompts, toolbox, instance, cfg: AgentConfig) -> tuple[list[int], list[int]]:
+    """(ids, loss mask): the reasoning-only prompt (``cfg`` with tools disabled) and an answer listing the first
+    ``cfg.answer_length`` candidates in prompt order."""
+    ids = build_prompt(tokenizer, instance, prompts, toolbox, dataclasses.replace(cfg, use_tools=False))
+    first = list(range(1, min(cfg.answer_length, len(instance.candidates)) + 1))
+    turn = tokenizer.encode(expert_answer_text(first), add_special_tokens=False)
+    return ids + turn, [0] * len(ids) + [1] * len(turn)
+
+
+def rows_of(model, tokenizer, prompts, toolbox, instances, cfg: AgentConfig, label: str) -> dict[str, dict]:
+    """{"<label>, reasoning only" / "<label>, with tools": row}: greedy rollouts' metrics and agent statistics."""
+    rows = {}
+    for use_tools, mode in ((False, "reasoning only"), (True, "with tools")):
+        rollout = Rollout(Engine(model, cfg.max_context), tokenizer, prompts, toolbox,
+                          dataclasses.replace(cfg, use_tools=use_tools))
+        trajectories, seconds = run_agent(rollout, instances, chunk=150)
+        ranks = [t.rank for t in trajectories]
+        rows[f"{label}, {mode}"] = {"metrics": metric_cis(ranks), "ranks": ranks,
+                                    "agent": agent_statistics(trajectories, seconds)}
+    return rows
+
+
+def fine_tune(model, tokenizer, prompts, toolbox, train, cfg: AgentConfig, steps: int, seed: int) -> None:
+    """In place: ``steps`` steps of 8 tool-free trajectories and 8 rehearsed ranking trajectories, lr 3e-4 (the A / B
+    fine-tune's settings, ``warmstart.ChoiceStartConfig``)."""
+    greedy = Rollout(Engine(model, cfg.max_context), tokenizer, prompts, toolbox, cfg)
+    replay = [(t.ids, t.mask) for t in run_agent(greedy, train[:REHEARSAL_INSTANCES], chunk=128)[0]
+              if t.invalid_reason is None]
+    rng, pool = random.Random(seed), train[REHEARSAL_INSTANCES:]
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.0)
+    model.train()
+    for step in range(1, steps + 1):
+        free = [tool_free_trajectory(tokenizer, prompts, toolbox, rng.choice(pool), cfg) for _ in range(8)]
+        loss = sft_step(model, optimizer, [free, rng.sample(replay, min(8, len(replay)))], torch.device("cpu"))
+        if step % 50 == 0 or step == steps:
+            print(f"  step {step}: loss {loss:.4f}", flush=True)
+    model.eval()
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", default="runs/grpo/final", help="a preset checkpoint (train_grpo.py's final)")
+    p.add_argument("--steps", type=int, default=150, help="fine-tuning steps per policy")
+    p.add_argument("--limit", type=int, default=300, help="first N instances of --split")
+    p.add_argument("--split", default="test")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    saved = read_train_config(args.checkpoint)
+    if not saved or saved.get("preset") is None:
+        raise SystemExit(f"error: {args.checkpoint} is not a preset checkpoint (its train_config.json records no "
+                         f"preset layer): the question is the preset's")
+    layer, settings = saved["preset"], saved["config"]
+    frozen = Path(layer["warm_start"])
+    if not (frozen / "config.json").is_file():
+        frozen = Path(args.checkpoint).parent / "preset" / "warm_start"
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    info = D.DistInfo(0, 1, 0, torch.device("cpu"), None)
+    data = load_dataset(settings["dataset"])
+    prompts = preset.prompt_data(data, layer)
+    toolbox = make_toolbox(data, settings["tools"], preset.toolbox_class(layer), info, preset.sasrec_train(layer))
+    cfg = AgentConfig(max_tool_calls=settings["max_tool_calls"], max_turn_tokens=settings["max_turn_tokens"],
+                      max_context=settings["max_context"], temperature=0.0)
+    instances = split_instances(data, args.split)[:args.limit]
+    train = split_instances(data, "train")
+    tokenizer = load_tokenizer(args.checkpoint)  # a preset run's warm start is saved without it: they share it
+    before, after = {}, {}
+    for label, folder in (("frozen", frozen), ("trained", args.checkpoint)):
+        model = load_pretrained(str(folder), dtype=torch.float32)
+        before.update(rows_of(model, tokenizer, prompts, toolbox, instances, cfg, label))
+        print(f"{label} ({folder}): fine-tuning on tool-free answers in prompt order", flush=True)
+        fine_tune(model, tokenizer, prompts, toolbox, train, cfg, args.steps, args.seed)
+        after.update(rows_of(model, tokenizer, prompts, toolbox, instances, cfg, f"{label} + tool-free fine-tune"))
+    order = prompt_order_ranks(instances, cfg.answer_length)
+    reference = {"prompt order, first 10 (no model)": {"metrics": metric_cis(order), "ranks": order}}
+    print(f"\n{settings['dataset']}, {args.split}, first {len(instances)} instances, greedy; 95% bootstrap CIs\n")
+    print(quality_table({**before, **after, **reference}) + "\n")
+    print(agent_table({**before, **after}) + "\n")
+    tuned = {"trained, reasoning only": after["trained + tool-free fine-tune, reasoning only"],
+             "frozen, reasoning only": after["frozen + tool-free fine-tune, reasoning only"],
+             "trained, with tools": after["trained + tool-free fine-tune, with tools"],
+             "prompt order": reference["prompt order, first 10 (no model)"]}
+    print("after the fine-tune:\n" + paired_table(tuned))
+
+
+if __name__ == "__main__":
+    main()
