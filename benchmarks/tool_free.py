@@ -5,8 +5,8 @@
 The preset's warm start never saw a tool-free trajectory, so with tools disabled its policies answer nothing valid
 (docs/results.md, the ablation). This script asks what one would gain by teaching them: it fine-tunes the frozen
 policy (the checkpoint's warm start) and the trained one alike, in memory, on tool-free trajectories whose answer
-is the first 10 candidates in the prompt's order (the only ranking a model that has no line to copy writes
-validly; a popularity order was answered with repeated numbers), with rehearsal of the policy's own greedy ranking
+is the first 10 candidates in the prompt's order (a ranking the model writes validly with no line to copy;
+taught a popularity order instead, it repeated numbers), with rehearsal of the policy's own greedy ranking
 trajectories, and prints both policies' greedy rows without and with tools before and after, beside the prompt
 order itself scored without a model. Any answer that does not read the candidates scores 1/N H@1 in expectation
 (the candidates are shuffled, ``agenticrec.data.build_instances``), so the fine-tuned rows show whether "trained >
