@@ -58,9 +58,9 @@ from agenticrec.reward import hit_at, ndcg_at
 from agenticrec.stats import paired_bootstrap
 from agenticrec.trainer import (DataStream, MetricsLog, Objective, Sampling, TrainingConfig, agent_config,
                                 collect_groups, eval_sizes, evaluate, greedy_rollout, greedy_run, group_stats,
-                                load_policy, make_rollout, make_toolbox, reference_policy, release_rollout,
-                                rows_per_call, size_breakdown, size_lines, start_run, summarize, sync_rollout,
-                                train_sizes, update, update_metrics, valid_instances, warmup_schedule)
+                                load_policy, make_rollout, make_toolbox, reference_policy, rehearsal_data,
+                                release_rollout, rows_per_call, size_breakdown, size_lines, start_run, summarize,
+                                sync_rollout, train_sizes, update, update_metrics, valid_instances, warmup_schedule)
 from agenticrec.warmstart import ChoiceStartConfig
 
 log = logging.getLogger("train_ppr")
@@ -257,8 +257,7 @@ def replay_trajectories(rollout: Rollout, instances, cfg: Config) -> list[tuple[
     valid ranking answers 1.00 -> 0.00); an NLL on the policy's own ranking turns keeps it (continual-learning
     rehearsal). The ``grpo`` objective's KL term is taken on A / B rollouts only, so it does not hold the ranking
     either (docs/ppr.md)."""
-    return [(t.ids, t.mask) for t in greedy_run(rollout, instances, cfg.eval_chunk, desc="rehearsal data")
-            if t.invalid_reason is None]
+    return rehearsal_data(rollout, instances, cfg.eval_chunk, desc="rehearsal data")
 
 
 def replay_batch(replay: list, step: int, cfg: Config, info: D.DistInfo) -> list:

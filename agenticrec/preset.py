@@ -360,16 +360,15 @@ def choice_policy(model, tokenizer, data: Dataset, toolbox: PresetToolbox, agent
     from agenticrec.agent import Rollout
     from agenticrec.engine import Engine
     from agenticrec.model import load_pretrained, save_pretrained
+    from agenticrec.trainer import rehearsal_data
     from agenticrec.warmstart import choice_task, choice_warm_start
 
     folder, report_path = out / "preset" / "choice_start", out / "preset" / "choice_start_report.json"
     if not (folder / "config.json").is_file() and info.is_main:
         prompts = prompt_data(data, layer)
         train = interleaved_instances(data, "train", candidate_sizes)
-        greedy = Rollout(Engine(model, agent_cfg.max_context), tokenizer, prompts, toolbox,
-                         dataclasses.replace(agent_cfg, temperature=0.0))
-        replay = [(t.ids, t.mask) for start in range(0, REPLAY_INSTANCES, 128)
-                  for t in greedy.run(train[start:start + 128]) if t.invalid_reason is None]
+        rollout = Rollout(Engine(model, agent_cfg.max_context), tokenizer, prompts, toolbox, agent_cfg)
+        replay = rehearsal_data(rollout, train[:REPLAY_INSTANCES], cap=128)
         rng = random.Random(cfg.seed)
         valid_tail = interleave([split_instances(data, "valid", n)[-(64 // len(candidate_sizes)):]
                                  for n in candidate_sizes])

@@ -530,6 +530,13 @@ def greedy_run(rollout: Rollout, instances, cap: int = 0, desc: str | None = Non
     return [t for c in starts for t in greedy.run(instances[c:c + chunk])]
 
 
+def rehearsal_data(rollout: Rollout, instances, cap: int = 0,
+                   desc: str | None = None) -> list[tuple[list[int], list[int]]]:
+    """(ids, mask) of the valid ``greedy_run`` trajectories of ``instances``: a policy's own answers, whose NLL keeps
+    them while another objective trains (rehearsal)."""
+    return [(t.ids, t.mask) for t in greedy_run(rollout, instances, cap, desc) if t.invalid_reason is None]
+
+
 def evaluate(rollout: Rollout, instances, info: D.DistInfo, cap: int = 0) -> tuple[dict, list[int]]:
     """Greedy rollouts on fixed instances (split over ranks; engine calls sized by the KV budget, at most ``cap``
     instances): metrics summed over ranks, and every instance's target rank in order (0 = absent or invalid; for

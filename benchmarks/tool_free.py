@@ -32,7 +32,7 @@ from agenticrec.engine import Engine
 from agenticrec.evaluation import agent_statistics, agent_table, metric_cis, paired_table, quality_table, run_agent
 from agenticrec.model import load_pretrained
 from agenticrec.tokenizer import load_tokenizer
-from agenticrec.trainer import make_toolbox
+from agenticrec.trainer import make_toolbox, rehearsal_data
 from agenticrec.warmstart import expert_answer_text, sft_step
 
 REHEARSAL_INSTANCES = 256  # train instances whose greedy ranking trajectories are rehearsed (the A / B fine-tune's)
@@ -68,9 +68,8 @@ def rows_of(model, tokenizer, prompts, toolbox, instances, cfg: AgentConfig, lab
 def fine_tune(model, tokenizer, prompts, toolbox, train, cfg: AgentConfig, steps: int, seed: int) -> None:
     """In place: ``steps`` steps of 8 tool-free trajectories and 8 rehearsed ranking trajectories, lr 3e-4 (the A / B
     fine-tune's settings, ``warmstart.ChoiceStartConfig``)."""
-    greedy = Rollout(Engine(model, cfg.max_context), tokenizer, prompts, toolbox, cfg)
-    replay = [(t.ids, t.mask) for t in run_agent(greedy, train[:REHEARSAL_INSTANCES], chunk=128)[0]
-              if t.invalid_reason is None]
+    rollout = Rollout(Engine(model, cfg.max_context), tokenizer, prompts, toolbox, cfg)
+    replay = rehearsal_data(rollout, train[:REHEARSAL_INSTANCES], cap=128)
     rng, pool = random.Random(seed), train[REHEARSAL_INSTANCES:]
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.0)
