@@ -107,10 +107,8 @@ def _from_checkpoint(saved: dict | None, given: dict) -> dict:
     if saved.get("profiles"):
         taken["profiles"] = saved["profiles"]
     layer = saved.get("preset")
-    if layer is not None:  # the warm start, recorded where the run wrote it, or beside the checkpoint's run folder
-        beside = Path(given["checkpoint"]).parent / "preset" / "warm_start"
-        recorded = Path(layer["warm_start"])
-        taken["frozen"] = str(recorded if (recorded / "config.json").is_file() else beside)
+    if layer is not None:
+        taken["frozen"] = str(preset.warm_start_folder(layer, given["checkpoint"]))
     return {k: v for k, v in taken.items() if k not in given}
 
 

@@ -97,6 +97,13 @@ def layer(warm_start: Path) -> dict:
             "warm_start": str(warm_start), "model": PRESET_MODEL, "sasrec_train": SASREC_TRAIN}
 
 
+def warm_start_folder(preset: dict, checkpoint: str | Path) -> Path:
+    """A preset checkpoint's warm start (its frozen policy): where the run recorded it, else beside the checkpoint's
+    run folder (a run folder copied or moved elsewhere)."""
+    recorded = Path(preset["warm_start"])
+    return recorded if (recorded / "config.json").is_file() else Path(checkpoint).parent / "preset" / "warm_start"
+
+
 def sasrec_train(preset: dict | None) -> TrainConfig:
     """How the tools' SASRec is trained: the method's default, or under the preset its epoch budget (a checkpoint
     saved before the layer recorded one was trained with the default)."""

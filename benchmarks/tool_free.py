@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import random
-from pathlib import Path
 
 import torch
 
@@ -95,9 +94,7 @@ def main(argv=None) -> None:
         raise SystemExit(f"error: {args.checkpoint} is not a preset checkpoint (its train_config.json records no "
                          f"preset layer): the question is the preset's")
     layer, settings = saved["preset"], saved["config"]
-    frozen = Path(layer["warm_start"])
-    if not (frozen / "config.json").is_file():
-        frozen = Path(args.checkpoint).parent / "preset" / "warm_start"
+    frozen = preset.warm_start_folder(layer, args.checkpoint)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     info = D.DistInfo(0, 1, 0, torch.device("cpu"), None)
     data = load_dataset(settings["dataset"])

@@ -314,6 +314,17 @@ def test_a_preset_checkpoint_brings_its_layer_to_train_ppr_and_evaluate(tmp_path
     assert eval_cfg == evaluate.Config(checkpoint=str(folder), frozen=str(warm), **agent)
 
 
+def test_the_warm_start_is_found_where_recorded_else_beside_a_moved_run(tmp_path):
+    recorded = tmp_path / "old" / "preset" / "warm_start"
+    recorded.mkdir(parents=True)
+    (recorded / "config.json").write_text("{}")
+    layer = preset.layer(recorded)
+    moved = tmp_path / "moved" / "final"
+    assert preset.warm_start_folder(layer, moved) == recorded
+    (recorded / "config.json").unlink()  # the run folder moved away from where it recorded its warm start
+    assert preset.warm_start_folder(layer, moved) == tmp_path / "moved" / "preset" / "warm_start"
+
+
 def test_evaluate_sets_each_tool_order_copied_beside_the_baselines_under_the_preset(boxes, monkeypatch):
     paper, box = boxes
     monkeypatch.setattr(evaluate.Systems, "sasrec_scorer", lambda self: lambda xs: [[0.0] * 5 for _ in xs])
