@@ -264,3 +264,15 @@ def test_tool_free_answer_is_what_a_reasoning_only_rollout_builds_and_ranks_in_p
     far = dataclasses.replace(INSTANCE, candidates=[5, 6, 2, 4, 3])  # the target is candidate 5
     assert prompt_order_ranks([INSTANCE, far], 5) == [2, 5] == [t.rank, 5]
     assert prompt_order_ranks([INSTANCE, far], 4) == [2, None]
+
+
+def test_rehearsal_data_is_the_valid_trajectories_ids_and_masks(tokenizer, box):
+    from agenticrec.trainer import rehearsal_data
+    ids, mask = expert_trajectory(tokenizer, box.data, box, INSTANCE, CFG, random.Random(0),
+                                  ("candidates_analyze",), 1.0)
+    rollout = Rollout(Engine(ScriptedModel(ids, len(tokenizer)), 4000), tokenizer, box.data, box,
+                      dataclasses.replace(CFG, temperature=1.0))
+    shorter = dataclasses.replace(INSTANCE, history=INSTANCE.history[1:])  # another prompt: the script misfits
+    [misfit] = rollout.run([shorter])
+    assert misfit.invalid_reason is not None
+    assert rehearsal_data(rollout, [INSTANCE, shorter, INSTANCE], cap=2) == [(ids, mask), (ids, mask)]
