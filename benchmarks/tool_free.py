@@ -1,6 +1,6 @@
 """What the reasoning-only column of the ablation can show under the CPU preset.
 
-    python benchmarks/tool_free.py [--checkpoint runs/grpo/final] [--steps 150] [--limit 300] [--split test]
+    python benchmarks/tool_free.py [--checkpoint runs/grpo/final] [--steps 150] [--grpo-steps 40] [--limit 300]
 
 The preset's warm start never saw a tool-free trajectory, so with tools disabled its policies answer nothing valid
 (docs/results.md, the ablation). This script asks what one would gain by teaching them: it fine-tunes the frozen
@@ -10,8 +10,12 @@ taught a popularity order instead, it repeated numbers), with rehearsal of the p
 trajectories, and prints both policies' greedy rows without and with tools before and after, beside the prompt
 order itself scored without a model. Any answer that does not read the candidates scores 1/N H@1 in expectation
 (the candidates are shuffled, ``agenticrec.data.build_instances``), so the fine-tuned rows show whether "trained >
-frozen, reasoning only" can hold for a policy that learns about items only from its tools. Nothing is saved.
-~5 minutes on 2 cores at the defaults.
+frozen, reasoning only" can hold for a policy that learns about items only from its tools.
+
+The paper's "trained, reasoning only" may also be read as a policy trained by GRPO without tools. So the fine-tuned
+frozen policy then runs the checkpoint's own stage-1 GRPO (its train_config.json settings) with tools disabled for
+``--grpo-steps`` steps, and its rows are printed too, with the distinct answers per group that GRPO's advantages
+need. Nothing is saved. ~6 minutes on 2 cores at the defaults.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import random
+import statistics
+from types import SimpleNamespace
 
 import torch
 
@@ -31,9 +37,11 @@ from agenticrec.engine import Engine
 from agenticrec.evaluation import agent_statistics, agent_table, metric_cis, paired_table, quality_table, run_agent
 from agenticrec.model import load_pretrained
 from agenticrec.tokenizer import load_tokenizer
-from agenticrec.trainer import make_toolbox, rehearsal_data
+from agenticrec.trainer import (DataStream, Objective, Sampling, agent_config, collect_groups, frozen_copy,
+                                make_toolbox, rehearsal_data, update, warmup_schedule)
 from agenticrec.warmstart import expert_answer_text, sft_step
 
+GRPO_FREE = "frozen + tool-free fine-tune + GRPO without tools"
 REHEARSAL_INSTANCES = 256  # train instances whose greedy ranking trajectories are rehearsed (the A / B fine-tune's)
 
 
@@ -81,10 +89,40 @@ def fine_tune(model, tokenizer, prompts, toolbox, train, cfg: AgentConfig, steps
     model.eval()
 
 
+def without_tools(settings: dict) -> SimpleNamespace:
+    """A checkpoint's saved stage-1 settings with tools disabled: what ``Sampling.of``, ``Objective.of`` and
+    ``agent_config`` read, for the same GRPO on reasoning-only rollouts."""
+    return SimpleNamespace(**{**settings, "tools": "none"})
+
+
+def grpo_without_tools(model, tokenizer, prompts, toolbox, train, settings: dict, steps: int) -> None:
+    """In place: ``steps`` steps of the checkpoint's own stage-1 GRPO (its batch, G, lr, warm-up, temperature, KL to
+    ``model`` as it starts) on reasoning-only rollouts of ``train``; prints every 10th step's mean reward, valid rate,
+    distinct answers per group (1 = no advantage to learn from) and dropped groups."""
+    run, info = without_tools(settings), D.DistInfo(0, 1, 0, torch.device("cpu"), None)
+    rollout = Rollout(Engine(model, run.max_context), tokenizer, prompts, toolbox, agent_config(run))
+    ref_model = frozen_copy(model) if run.kl_coef > 0 else None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=run.lr, weight_decay=run.weight_decay)
+    scheduler = warmup_schedule(optimizer, run.warmup_steps)
+    stream, sampling, objective = DataStream(train, run.seed, info), Sampling.of(run, info), Objective.of(run)
+    for step in range(steps):
+        batch = collect_groups(rollout, stream, sampling, step, info)
+        update(model, ref_model, optimizer, batch, objective, info)
+        scheduler.step()
+        if (step + 1) % 10 == 0 or step + 1 == steps:
+            rollouts = batch.trajectories
+            distinct = statistics.mean(len({tuple(t.ids[t.prompt_len:]) for t in g}) for g in batch.groups)
+            print(f"  GRPO step {step + 1}: reward {statistics.mean(t.reward for t in rollouts):+.3f}, valid "
+                  f"{statistics.mean(t.invalid_reason is None for t in rollouts):.2f}, distinct answers per group "
+                  f"{distinct:.2f} of {sampling.group_size}, dropped groups {batch.dropped}", flush=True)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default="runs/grpo/final", help="a preset checkpoint (train_grpo.py's final)")
     p.add_argument("--steps", type=int, default=150, help="fine-tuning steps per policy")
+    p.add_argument("--grpo-steps", type=int, default=40,
+                   help="steps of stage-1 GRPO without tools from the fine-tuned frozen policy (0: none)")
     p.add_argument("--limit", type=int, default=300, help="first N instances of --split")
     p.add_argument("--split", default="test")
     p.add_argument("--seed", type=int, default=0)
@@ -112,6 +150,10 @@ def main(argv=None) -> None:
         print(f"{label} ({folder}): fine-tuning on tool-free answers in prompt order", flush=True)
         fine_tune(model, tokenizer, prompts, toolbox, train, cfg, args.steps, args.seed)
         after.update(rows_of(model, tokenizer, prompts, toolbox, instances, cfg, f"{label} + tool-free fine-tune"))
+        if label == "frozen" and args.grpo_steps:
+            print(f"frozen + tool-free fine-tune: {args.grpo_steps} steps of its GRPO without tools", flush=True)
+            grpo_without_tools(model, tokenizer, prompts, toolbox, train, settings, args.grpo_steps)
+            after.update(rows_of(model, tokenizer, prompts, toolbox, instances, cfg, GRPO_FREE))
     order = prompt_order_ranks(instances, cfg.answer_length)
     reference = {"prompt order, first 10 (no model)": {"metrics": metric_cis(order), "ranks": order}}
     print(f"\n{settings['dataset']}, {args.split}, first {len(instances)} instances, greedy; 95% bootstrap CIs\n")
@@ -122,6 +164,10 @@ def main(argv=None) -> None:
              "trained, with tools": after["trained + tool-free fine-tune, with tools"],
              "prompt order": reference["prompt order, first 10 (no model)"]}
     print("after the fine-tune:\n" + paired_table(tuned))
+    if args.grpo_steps:
+        print("\nGRPO without tools (the paper's \"trained, reasoning only\" read as trained without tools):\n" +
+              paired_table({"frozen + GRPO without tools, reasoning only": after[f"{GRPO_FREE}, reasoning only"],
+                            "frozen, reasoning only": tuned["frozen, reasoning only"]}))
 
 
 if __name__ == "__main__":

@@ -276,3 +276,18 @@ def test_rehearsal_data_is_the_valid_trajectories_ids_and_masks(tokenizer, box):
     [misfit] = rollout.run([shorter])
     assert misfit.invalid_reason is not None
     assert rehearsal_data(rollout, [INSTANCE, shorter, INSTANCE], cap=2) == [(ids, mask), (ids, mask)]
+
+
+def test_grpo_without_tools_is_the_saved_stage_1_recipe_with_only_the_tools_disabled():
+    from agenticrec import distributed as D
+    from agenticrec.trainer import Objective, Sampling, TrainingConfig, agent_config
+    from benchmarks.tool_free import without_tools
+    settings = {**dataclasses.asdict(TrainingConfig()), "batch_size": 16, "group_size": 4, "temperature": 0.6,
+                "tools": "get_session_behavior,get_similar_users"}
+    saved, run, info = dict(settings), without_tools(settings), D.DistInfo(0, 1, 0, None, None)
+    assert settings == saved  # the checkpoint's own settings are not changed
+    with_tools = SimpleNamespace(**settings)
+    assert agent_config(with_tools).use_tools and not agent_config(run).use_tools
+    assert agent_config(run) == dataclasses.replace(agent_config(with_tools), use_tools=False)
+    assert agent_config(run).temperature == 0.6
+    assert Sampling.of(run, info) == Sampling.of(with_tools, info) and Objective.of(run) == Objective.of(with_tools)
