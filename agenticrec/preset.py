@@ -34,7 +34,8 @@ from agenticrec.data import (DEFAULT_CANDIDATES, Dataset, Instance, interleave, 
 from agenticrec.model import Qwen3Config
 from agenticrec.sasrec import TrainConfig
 from agenticrec.tools import EarlierCalls, Tool, Toolbox, ToolContext, context_for
-from agenticrec.warmstart import WarmStartConfig, option_line, ordering_line, ordering_of, warm_start
+from agenticrec.warmstart import (WarmStartConfig, choice_task, choice_warm_start, option_line, ordering_line,
+                                  ordering_of, warm_start)
 
 log = logging.getLogger("agenticrec.preset")
 
@@ -368,7 +369,6 @@ def choice_policy(model, tokenizer, data: Dataset, toolbox: PresetToolbox, agent
     from agenticrec.engine import Engine
     from agenticrec.model import load_pretrained, save_pretrained
     from agenticrec.trainer import rehearsal_data
-    from agenticrec.warmstart import choice_task, choice_warm_start
 
     folder, report_path = out / "preset" / "choice_start", out / "preset" / "choice_start_report.json"
     if not (folder / "config.json").is_file() and info.is_main:

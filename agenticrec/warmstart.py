@@ -239,8 +239,7 @@ def warm_start(model, tokenizer, data: Dataset, toolbox: Toolbox, train: list[In
     bar = tqdm(range(1, cfg.max_steps + 1), desc="warm start: expert", leave=False)
     for step in bar:
         tasks = [rng.choice(train) for _ in range(cfg.batch_size)]
-        batch = [expert_trajectory(tokenizer, data, toolbox, task, agent_cfg, rng, cfg.plan, coin)
-                 for task, coin in zip(tasks, stratified_coins(len(tasks), cfg.further_call, rng))]
+        batch = expert_trajectories(tokenizer, data, toolbox, tasks, agent_cfg, rng, cfg.plan, cfg.further_call)
         loss = sft_step(model, optimizer, [batch], device)
         if step % cfg.check_every == 0:
             rate, reasons = gate_check(model, tokenizer, data, toolbox, gate[:cfg.gate_instances], agent_cfg,
@@ -260,6 +259,15 @@ def _drill_size(sizes: tuple[int, ...], rng: random.Random) -> int:
     """One drill's number of candidates: the only size, or one drawn (a single size draws nothing, so the default
     drill's random stream is that of a drill over 20 numbers alone)."""
     return sizes[0] if len(sizes) == 1 else rng.choice(sizes)
+
+
+def expert_trajectories(tokenizer, data: Dataset, toolbox: Toolbox, tasks: list, agent_cfg: AgentConfig,
+                        rng: random.Random, plan: tuple[str, ...], further_call: float) -> list[tuple[list, list]]:
+    """The expert's trajectories of ``tasks``, its further tool calls decided by ``stratified_coins`` (exactly
+    ``further_call`` of the batch consults the next tool, in random places)."""
+    coins = stratified_coins(len(tasks), further_call, rng)
+    return [expert_trajectory(tokenizer, data, toolbox, task, agent_cfg, rng, plan, coin)
+            for task, coin in zip(tasks, coins)]
 
 
 def stratified_coins(n: int, p: float, rng: random.Random) -> list[float]:
@@ -379,8 +387,8 @@ def choice_warm_start(model, tokenizer, data: Dataset, toolbox: Toolbox, train: 
     bar = tqdm(range(1, cfg.max_steps + 1), desc="A / B fine-tune", leave=False)
     for step in bar:
         tasks = [choice_task(rng.choice(train), rng) for _ in range(cfg.expert_batch)]
-        experts = [expert_trajectory(tokenizer, data, toolbox, task, agent_cfg, rng, WarmStartConfig.plan, coin)
-                   for task, coin in zip(tasks, stratified_coins(len(tasks), WarmStartConfig.further_call, rng))]
+        experts = expert_trajectories(tokenizer, data, toolbox, tasks, agent_cfg, rng, WarmStartConfig.plan,
+                                      WarmStartConfig.further_call)
         rehearsed = rng.sample(replay, min(len(replay), cfg.replay_batch))
         drills = [option_drill(tokenizer, rng) for _ in range(cfg.drill_batch)]
         loss = sft_step(model, optimizer, [experts, rehearsed, drills], device)
