@@ -1,6 +1,7 @@
 """What the reasoning-only column of the ablation can show under the CPU preset.
 
-    python benchmarks/tool_free.py [--checkpoint runs/grpo/final] [--steps 150] [--grpo-steps 40] [--limit 300]
+    python benchmarks/tool_free.py [--checkpoint runs/grpo/final] [--steps 150] [--grpo-steps 40]
+                                   [--answer prompt|title-overlap] [--limit 300]
 
 The preset's warm start never saw a tool-free trajectory, so with tools disabled its policies answer nothing valid
 (docs/results.md, the ablation). This script asks what one would gain by teaching them: it fine-tunes the frozen
@@ -11,6 +12,10 @@ trajectories, and prints both policies' greedy rows without and with tools befor
 order itself scored without a model. Any answer that does not read the candidates scores 1/N H@1 in expectation
 (the candidates are shuffled, ``agenticrec.data.build_instances``), so the fine-tuned rows show whether "trained >
 frozen, reasoning only" can hold for a policy that learns about items only from its tools.
+
+The reasoning-only prompt does carry evidence for a reader of titles: the candidates ordered by the words their
+titles share with the history's (``title_overlap_order``) are scored beside the prompt order, and ``--answer
+title-overlap`` makes the fine-tune teach that order instead, which shows whether the preset's model learns to read it.
 
 The paper's "trained, reasoning only" may also be read as a policy trained by GRPO without tools. So the fine-tuned
 frozen policy then runs the checkpoint's own stage-1 GRPO (its train_config.json settings) with tools disabled for
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import random
+import re
 import statistics
 from types import SimpleNamespace
 
@@ -45,16 +51,43 @@ GRPO_FREE = "frozen + tool-free fine-tune + GRPO without tools"
 REHEARSAL_INSTANCES = 256  # train instances whose greedy ranking trajectories are rehearsed (the A / B fine-tune's)
 
 
-def prompt_order_ranks(instances, k: int) -> list[int | None]:
-    """The target's rank when the answer is the first ``k`` candidates in the prompt's order (None beyond them)."""
-    return [x.candidates.index(x.target) + 1 if x.candidates.index(x.target) < k else None for x in instances]
+def prompt_order(prompts, instance) -> list[int]:
+    """Candidate numbers (1-based) in the prompt's order: a ranking that reads nothing."""
+    return list(range(1, len(instance.candidates) + 1))
 
 
-def tool_free_trajectory(tokenizer, prompts, toolbox, instance, cfg: AgentConfig) -> tuple[list[int], list[int]]:
+def title_words(title: str) -> set[str]:
+    """The words of a title: lower-cased runs of letters and digits, three or more characters long."""
+    return {word for word in re.findall(r"[a-z0-9]+", title.lower()) if len(word) >= 3}
+
+
+def title_overlap_order(prompts, instance) -> list[int]:
+    """Candidate numbers (1-based), those sharing the most words with the history's titles first, ties in the
+    prompt's order; titles as the prompt shows them (``prompts.title``). Evidence the reasoning-only prompt carries
+    for a reader of titles, with no knowledge of items."""
+    seen = set().union(*(title_words(prompts.title(item)) for item in instance.history))
+    shared = [len(title_words(prompts.title(item)) & seen) for item in instance.candidates]
+    return sorted(prompt_order(prompts, instance), key=lambda number: -shared[number - 1])
+
+
+ANSWERS = {"prompt": prompt_order, "title-overlap": title_overlap_order}
+
+
+def answer_ranks(prompts, instances, answer, k: int) -> list[int | None]:
+    """The target's rank when the answer is the first ``k`` of ``answer(prompts, instance)`` (None beyond them)."""
+    ranks = []
+    for x in instances:
+        rank = answer(prompts, x).index(x.candidates.index(x.target) + 1) + 1
+        ranks.append(rank if rank <= k else None)
+    return ranks
+
+
+def tool_free_trajectory(tokenizer, prompts, toolbox, instance, cfg: AgentConfig,
+                         answer=prompt_order) -> tuple[list[int], list[int]]:
     """(ids, loss mask): the reasoning-only prompt (``cfg`` with tools disabled) and an answer listing the first
-    ``cfg.answer_length`` candidates in prompt order."""
+    ``cfg.answer_length`` candidates of ``answer(prompts, instance)``."""
     ids = build_prompt(tokenizer, instance, prompts, toolbox, dataclasses.replace(cfg, use_tools=False))
-    first = list(range(1, min(cfg.answer_length, len(instance.candidates)) + 1))
+    first = answer(prompts, instance)[:cfg.answer_length]
     turn = tokenizer.encode(expert_answer_text(first), add_special_tokens=False)
     return ids + turn, [0] * len(ids) + [1] * len(turn)
 
@@ -72,9 +105,10 @@ def rows_of(model, tokenizer, prompts, toolbox, instances, cfg: AgentConfig, lab
     return rows
 
 
-def fine_tune(model, tokenizer, prompts, toolbox, train, cfg: AgentConfig, steps: int, seed: int) -> None:
-    """In place: ``steps`` steps of 8 tool-free trajectories and 8 rehearsed ranking trajectories, lr 3e-4 (the A / B
-    fine-tune's settings, ``warmstart.ChoiceStartConfig``)."""
+def fine_tune(model, tokenizer, prompts, toolbox, train, cfg: AgentConfig, steps: int, seed: int,
+              answer=prompt_order) -> None:
+    """In place: ``steps`` steps of 8 tool-free trajectories answering ``answer`` and 8 rehearsed ranking
+    trajectories, lr 3e-4 (the A / B fine-tune's settings, ``warmstart.ChoiceStartConfig``)."""
     rollout = Rollout(Engine(model, cfg.max_context), tokenizer, prompts, toolbox, cfg)
     replay = rehearsal_data(rollout, train[:REHEARSAL_INSTANCES], cap=128)
     rng, pool = random.Random(seed), train[REHEARSAL_INSTANCES:]
@@ -82,7 +116,7 @@ def fine_tune(model, tokenizer, prompts, toolbox, train, cfg: AgentConfig, steps
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.0)
     model.train()
     for step in range(1, steps + 1):
-        free = [tool_free_trajectory(tokenizer, prompts, toolbox, rng.choice(pool), cfg) for _ in range(8)]
+        free = [tool_free_trajectory(tokenizer, prompts, toolbox, rng.choice(pool), cfg, answer) for _ in range(8)]
         loss = sft_step(model, optimizer, [free, rng.sample(replay, min(8, len(replay)))], torch.device("cpu"))
         if step % 50 == 0 or step == steps:
             print(f"  step {step}: loss {loss:.4f}", flush=True)
@@ -123,6 +157,9 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=150, help="fine-tuning steps per policy")
     p.add_argument("--grpo-steps", type=int, default=40,
                    help="steps of stage-1 GRPO without tools from the fine-tuned frozen policy (0: none)")
+    p.add_argument("--answer", choices=ANSWERS, default="prompt",
+                   help="the tool-free answer the fine-tune teaches: the prompt's order, or the candidates by words "
+                        "shared with the history's titles (title_overlap_order)")
     p.add_argument("--limit", type=int, default=300, help="first N instances of --split")
     p.add_argument("--split", default="test")
     p.add_argument("--seed", type=int, default=0)
@@ -147,22 +184,25 @@ def main(argv=None) -> None:
     for label, folder in (("frozen", frozen), ("trained", args.checkpoint)):
         model = load_pretrained(str(folder), dtype=torch.float32)
         before.update(rows_of(model, tokenizer, prompts, toolbox, instances, cfg, label))
-        print(f"{label} ({folder}): fine-tuning on tool-free answers in prompt order", flush=True)
-        fine_tune(model, tokenizer, prompts, toolbox, train, cfg, args.steps, args.seed)
+        print(f"{label} ({folder}): fine-tuning on tool-free answers, {args.answer} order", flush=True)
+        fine_tune(model, tokenizer, prompts, toolbox, train, cfg, args.steps, args.seed, ANSWERS[args.answer])
         after.update(rows_of(model, tokenizer, prompts, toolbox, instances, cfg, f"{label} + tool-free fine-tune"))
         if label == "frozen" and args.grpo_steps:
             print(f"frozen + tool-free fine-tune: {args.grpo_steps} steps of its GRPO without tools", flush=True)
             grpo_without_tools(model, tokenizer, prompts, toolbox, train, settings, args.grpo_steps)
             after.update(rows_of(model, tokenizer, prompts, toolbox, instances, cfg, GRPO_FREE))
-    order = prompt_order_ranks(instances, cfg.answer_length)
-    reference = {"prompt order, first 10 (no model)": {"metrics": metric_cis(order), "ranks": order}}
+    reference = {}
+    for name, answer in (("prompt order", prompt_order), ("title overlap", title_overlap_order)):
+        ranks = answer_ranks(prompts, instances, answer, cfg.answer_length)
+        reference[f"{name}, first 10 (no model)"] = {"metrics": metric_cis(ranks), "ranks": ranks}
     print(f"\n{settings['dataset']}, {args.split}, first {len(instances)} instances, greedy; 95% bootstrap CIs\n")
     print(quality_table({**before, **after, **reference}) + "\n")
     print(agent_table({**before, **after}) + "\n")
     tuned = {"trained, reasoning only": after["trained + tool-free fine-tune, reasoning only"],
              "frozen, reasoning only": after["frozen + tool-free fine-tune, reasoning only"],
              "trained, with tools": after["trained + tool-free fine-tune, with tools"],
-             "prompt order": reference["prompt order, first 10 (no model)"]}
+             "prompt order": reference["prompt order, first 10 (no model)"],
+             "title overlap": reference["title overlap, first 10 (no model)"]}
     print("after the fine-tune:\n" + paired_table(tuned))
     if args.grpo_steps:
         print("\nGRPO without tools (the paper's \"trained, reasoning only\" read as trained without tools):\n" +

@@ -254,7 +254,7 @@ def test_the_expert_refuses_an_observation_without_the_line_it_copies(tokenizer,
 
 
 def test_tool_free_answer_is_what_a_reasoning_only_rollout_builds_and_ranks_in_prompt_order(tokenizer, box):
-    from benchmarks.tool_free import prompt_order_ranks, tool_free_trajectory
+    from benchmarks.tool_free import answer_ranks, prompt_order, tool_free_trajectory
     ids, mask = tool_free_trajectory(tokenizer, box.data, box, INSTANCE, CFG)  # CFG has tools: it disables them
     free = dataclasses.replace(CFG, use_tools=False)
     [t] = Rollout(Engine(ScriptedModel(ids, len(tokenizer)), 4000), tokenizer, box.data, box, free).run([INSTANCE])
@@ -262,8 +262,23 @@ def test_tool_free_answer_is_what_a_reasoning_only_rollout_builds_and_ranks_in_p
     assert t.ranking == tuple(INSTANCE.candidates)  # answer_length 5 = all five, in the prompt's order
     assert "<tools>" not in tokenizer.decode(ids)  # the reasoning-only prompt: no tool schema
     far = dataclasses.replace(INSTANCE, candidates=[5, 6, 2, 4, 3])  # the target is candidate 5
-    assert prompt_order_ranks([INSTANCE, far], 5) == [2, 5] == [t.rank, 5]
-    assert prompt_order_ranks([INSTANCE, far], 4) == [2, None]
+    assert answer_ranks(box.data, [INSTANCE, far], prompt_order, 5) == [2, 5] == [t.rank, 5]
+    assert answer_ranks(box.data, [INSTANCE, far], prompt_order, 4) == [2, None]
+
+
+def test_title_overlap_order_by_hand(tokenizer, box):
+    from benchmarks.tool_free import answer_ranks, title_overlap_order, title_words, tool_free_trajectory
+    assert title_words("Mario Kart 8 - Wii U") == {"mario", "kart", "wii"}  # 3+ characters, lower-cased
+    # history: Halo 3, Halo Reach, Doom Eternal, Forza Horizon, Mario Kart 8. Candidates and the words they share:
+    # [1] Zelda Breath of the Wild 0, [2] Super Mario Odyssey 1 (mario), [3] Tetris 0, [4] Mario Kart 8 2,
+    # [5] Forza Horizon 2; ties keep the prompt's order
+    assert title_overlap_order(box.data, INSTANCE) == [4, 5, 2, 1, 3]
+    assert answer_ranks(box.data, [INSTANCE], title_overlap_order, 5) == [3]  # the target, Super Mario Odyssey
+    assert answer_ranks(box.data, [INSTANCE], title_overlap_order, 2) == [None]
+    ids, _ = tool_free_trajectory(tokenizer, box.data, box, INSTANCE, CFG, title_overlap_order)
+    free = dataclasses.replace(CFG, use_tools=False)
+    [t] = Rollout(Engine(ScriptedModel(ids, len(tokenizer)), 4000), tokenizer, box.data, box, free).run([INSTANCE])
+    assert t.ranking == (2, 4, 3, 5, 6) and t.rank == 3  # the items of candidates 4, 5, 2, 1, 3
 
 
 def test_rehearsal_data_is_the_valid_trajectories_ids_and_masks(tokenizer, box):
