@@ -1,13 +1,13 @@
 """What the reasoning-only column of the ablation can show under the CPU preset.
 
     python benchmarks/tool_free.py [--checkpoint runs/grpo/final] [--steps 150] [--grpo-steps 40]
-                                   [--answer prompt|title-overlap] [--limit 300]
+                                   [--answer prompt|title-overlap|popularity-first] [--limit 300]
 
 The preset's warm start never saw a tool-free trajectory, so with tools disabled its policies answer nothing valid
 (docs/results.md, the ablation). This script asks what one would gain by teaching them: it fine-tunes the frozen
 policy (the checkpoint's warm start) and the trained one alike, in memory, on tool-free trajectories whose answer
 is the first 10 candidates in the prompt's order (a ranking the model writes validly with no line to copy;
-taught a popularity order instead, it repeated numbers), with rehearsal of the policy's own greedy ranking
+taught the whole popularity order instead, it repeated numbers), with rehearsal of the policy's own greedy ranking
 trajectories, and prints both policies' greedy rows without and with tools before and after, beside the prompt
 order itself scored without a model. Any answer that does not read the candidates scores 1/N H@1 in expectation
 (the candidates are shuffled, ``agenticrec.data.build_instances``), so the fine-tuned rows show whether "trained >
@@ -16,6 +16,8 @@ frozen, reasoning only" can hold for a policy that learns about items only from 
 The reasoning-only prompt does carry evidence for a reader of titles: the candidates ordered by the words their
 titles share with the history's (``title_overlap_order``) are scored beside the prompt order, and ``--answer
 title-overlap`` makes the fine-tune teach that order instead, which shows whether the preset's model learns to read it.
+A prior over items, which a reader could memorise title by title, is evidence too: the most popular candidate first
+(``popularity_first``) is scored beside them, and ``--answer popularity-first`` teaches it.
 
 The paper's "trained, reasoning only" may also be read as a policy trained by GRPO without tools. So the fine-tuned
 frozen policy then runs the checkpoint's own stage-1 GRPO (its train_config.json settings) with tools disabled for
@@ -37,6 +39,7 @@ import torch
 from agenticrec import distributed as D
 from agenticrec import preset
 from agenticrec.agent import AgentConfig, Rollout, build_prompt
+from agenticrec.baselines import popularity
 from agenticrec.checkpoint import read_train_config
 from agenticrec.data import load_dataset, split_instances
 from agenticrec.engine import Engine
@@ -70,7 +73,21 @@ def title_overlap_order(prompts, instance) -> list[int]:
     return sorted(prompt_order(prompts, instance), key=lambda number: -shared[number - 1])
 
 
-ANSWERS = {"prompt": prompt_order, "title-overlap": title_overlap_order}
+def popularity_first(counts):
+    """An answer from a prior over items, given ``counts`` [num_items] (``baselines.popularity``): the candidate with
+    the most train interactions first (the earliest among equals), the rest in the prompt's order. What a reader of
+    the prompt could memorise item by item from titles, as a language model brings such priors from pretraining."""
+    def answer(prompts, instance) -> list[int]:
+        order = prompt_order(prompts, instance)
+        top = max(order, key=lambda number: counts[instance.candidates[number - 1]])
+        return [top] + [number for number in order if number != top]
+    return answer
+
+
+ANSWERS = {  # --answer: (its label in the tables, the answer given the dataset)
+    "prompt": ("prompt order", lambda data: prompt_order),
+    "title-overlap": ("title overlap", lambda data: title_overlap_order),
+    "popularity-first": ("popularity first", lambda data: popularity_first(popularity(data)))}
 
 
 def answer_ranks(prompts, instances, answer, k: int) -> list[int | None]:
@@ -158,8 +175,9 @@ def main(argv=None) -> None:
     p.add_argument("--grpo-steps", type=int, default=40,
                    help="steps of stage-1 GRPO without tools from the fine-tuned frozen policy (0: none)")
     p.add_argument("--answer", choices=ANSWERS, default="prompt",
-                   help="the tool-free answer the fine-tune teaches: the prompt's order, or the candidates by words "
-                        "shared with the history's titles (title_overlap_order)")
+                   help="the tool-free answer the fine-tune teaches: the prompt's order, the candidates by words "
+                        "shared with the history's titles (title_overlap_order), or the most popular candidate "
+                        "first (popularity_first)")
     p.add_argument("--limit", type=int, default=300, help="first N instances of --split")
     p.add_argument("--split", default="test")
     p.add_argument("--seed", type=int, default=0)
@@ -180,29 +198,29 @@ def main(argv=None) -> None:
     instances = split_instances(data, args.split)[:args.limit]
     train = split_instances(data, "train")
     tokenizer = load_tokenizer(args.checkpoint)  # a preset run's warm start is saved without it: they share it
+    answers = {name: (label, make(data)) for name, (label, make) in ANSWERS.items()}
     before, after = {}, {}
     for label, folder in (("frozen", frozen), ("trained", args.checkpoint)):
         model = load_pretrained(str(folder), dtype=torch.float32)
         before.update(rows_of(model, tokenizer, prompts, toolbox, instances, cfg, label))
         print(f"{label} ({folder}): fine-tuning on tool-free answers, {args.answer} order", flush=True)
-        fine_tune(model, tokenizer, prompts, toolbox, train, cfg, args.steps, args.seed, ANSWERS[args.answer])
+        fine_tune(model, tokenizer, prompts, toolbox, train, cfg, args.steps, args.seed, answers[args.answer][1])
         after.update(rows_of(model, tokenizer, prompts, toolbox, instances, cfg, f"{label} + tool-free fine-tune"))
         if label == "frozen" and args.grpo_steps:
             print(f"frozen + tool-free fine-tune: {args.grpo_steps} steps of its GRPO without tools", flush=True)
             grpo_without_tools(model, tokenizer, prompts, toolbox, train, settings, args.grpo_steps)
             after.update(rows_of(model, tokenizer, prompts, toolbox, instances, cfg, GRPO_FREE))
     reference = {}
-    for name, answer in (("prompt order", prompt_order), ("title overlap", title_overlap_order)):
+    for label, answer in answers.values():
         ranks = answer_ranks(prompts, instances, answer, cfg.answer_length)
-        reference[f"{name}, first 10 (no model)"] = {"metrics": metric_cis(ranks), "ranks": ranks}
+        reference[label] = {"metrics": metric_cis(ranks), "ranks": ranks}
     print(f"\n{settings['dataset']}, {args.split}, first {len(instances)} instances, greedy; 95% bootstrap CIs\n")
-    print(quality_table({**before, **after, **reference}) + "\n")
+    print(quality_table({**before, **after, **{f"{label}, first 10 (no model)": row
+                                               for label, row in reference.items()}}) + "\n")
     print(agent_table({**before, **after}) + "\n")
     tuned = {"trained, reasoning only": after["trained + tool-free fine-tune, reasoning only"],
              "frozen, reasoning only": after["frozen + tool-free fine-tune, reasoning only"],
-             "trained, with tools": after["trained + tool-free fine-tune, with tools"],
-             "prompt order": reference["prompt order, first 10 (no model)"],
-             "title overlap": reference["title overlap, first 10 (no model)"]}
+             "trained, with tools": after["trained + tool-free fine-tune, with tools"], **reference}
     print("after the fine-tune:\n" + paired_table(tuned))
     if args.grpo_steps:
         print("\nGRPO without tools (the paper's \"trained, reasoning only\" read as trained without tools):\n" +

@@ -281,6 +281,21 @@ def test_title_overlap_order_by_hand(tokenizer, box):
     assert t.ranking == (2, 4, 3, 5, 6) and t.rank == 3  # the items of candidates 4, 5, 2, 1, 3
 
 
+def test_popularity_first_by_hand(tokenizer, box):
+    from benchmarks.tool_free import ANSWERS, answer_ranks, tool_free_trajectory
+    label, make = ANSWERS["popularity-first"]
+    popularity_first = make(box.data)  # train counts of items 0-7: 3 2 2 1 1 1 0 2 (test_tools)
+    # candidates [1]-[5] are items 5 3 6 2 4, counted 1 1 0 2 1: [4] first, the rest in the prompt's order
+    assert popularity_first(box.data, INSTANCE) == [4, 1, 2, 3, 5]
+    assert answer_ranks(box.data, [INSTANCE], popularity_first, 5) == [3]  # the target, item 3, is candidate [2]
+    tied = dataclasses.replace(INSTANCE, candidates=[4, 1, 7, 3, 6])  # counted 1 2 2 1 0: the earlier of [2], [3]
+    assert popularity_first(box.data, tied) == [2, 1, 3, 4, 5]
+    ids, _ = tool_free_trajectory(tokenizer, box.data, box, INSTANCE, CFG, popularity_first)
+    free = dataclasses.replace(CFG, use_tools=False)
+    [t] = Rollout(Engine(ScriptedModel(ids, len(tokenizer)), 4000), tokenizer, box.data, box, free).run([INSTANCE])
+    assert t.ranking == (2, 5, 3, 6, 4) and t.rank == 3 and label == "popularity first"
+
+
 def test_rehearsal_data_is_the_valid_trajectories_ids_and_masks(tokenizer, box):
     from agenticrec.trainer import rehearsal_data
     ids, mask = expert_trajectory(tokenizer, box.data, box, INSTANCE, CFG, random.Random(0),
