@@ -253,11 +253,17 @@ def test_the_expert_refuses_an_observation_without_the_line_it_copies(tokenizer,
             expert_trajectory(tokenizer, box.data, box, task, CFG, random.Random(0))
 
 
+def reasoning_only_replay(tokenizer, box, ids):
+    """The reasoning-only rollout of INSTANCE by a model that writes ``ids``."""
+    free = dataclasses.replace(CFG, use_tools=False)
+    [t] = Rollout(Engine(ScriptedModel(ids, len(tokenizer)), 4000), tokenizer, box.data, box, free).run([INSTANCE])
+    return t
+
+
 def test_tool_free_answer_is_what_a_reasoning_only_rollout_builds_and_ranks_in_prompt_order(tokenizer, box):
     from benchmarks.tool_free import answer_ranks, prompt_order, tool_free_trajectory
     ids, mask = tool_free_trajectory(tokenizer, box.data, box, INSTANCE, CFG)  # CFG has tools: it disables them
-    free = dataclasses.replace(CFG, use_tools=False)
-    [t] = Rollout(Engine(ScriptedModel(ids, len(tokenizer)), 4000), tokenizer, box.data, box, free).run([INSTANCE])
+    t = reasoning_only_replay(tokenizer, box, ids)
     assert (t.ids, t.mask) == (ids, mask) and t.invalid_reason is None and not t.tool_calls
     assert t.ranking == tuple(INSTANCE.candidates)  # answer_length 5 = all five, in the prompt's order
     assert "<tools>" not in tokenizer.decode(ids)  # the reasoning-only prompt: no tool schema
@@ -276,8 +282,7 @@ def test_title_overlap_order_by_hand(tokenizer, box):
     assert answer_ranks(box.data, [INSTANCE], title_overlap_order, 5) == [3]  # the target, Super Mario Odyssey
     assert answer_ranks(box.data, [INSTANCE], title_overlap_order, 2) == [None]
     ids, _ = tool_free_trajectory(tokenizer, box.data, box, INSTANCE, CFG, title_overlap_order)
-    free = dataclasses.replace(CFG, use_tools=False)
-    [t] = Rollout(Engine(ScriptedModel(ids, len(tokenizer)), 4000), tokenizer, box.data, box, free).run([INSTANCE])
+    t = reasoning_only_replay(tokenizer, box, ids)
     assert t.ranking == (2, 4, 3, 5, 6) and t.rank == 3  # the items of candidates 4, 5, 2, 1, 3
 
 
@@ -291,8 +296,7 @@ def test_popularity_first_by_hand(tokenizer, box):
     tied = dataclasses.replace(INSTANCE, candidates=[4, 1, 7, 3, 6])  # counted 1 2 2 1 0: the earlier of [2], [3]
     assert popularity_first(box.data, tied) == [2, 1, 3, 4, 5]
     ids, _ = tool_free_trajectory(tokenizer, box.data, box, INSTANCE, CFG, popularity_first)
-    free = dataclasses.replace(CFG, use_tools=False)
-    [t] = Rollout(Engine(ScriptedModel(ids, len(tokenizer)), 4000), tokenizer, box.data, box, free).run([INSTANCE])
+    t = reasoning_only_replay(tokenizer, box, ids)
     assert t.ranking == (2, 5, 3, 6, 4) and t.rank == 3 and label == "popularity first"
 
 
