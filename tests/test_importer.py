@@ -178,7 +178,7 @@ def test_malformed_lines_are_counted_skips_until_they_pass_one_percent(tmp_path,
     with caplog.at_level(logging.WARNING):
         data = import_dataset(ImportConfig("gen", _generated(tmp_path, bad=2), item))
     assert data.meta["import"]["counts"]["malformed_lines"] == 2 and data.meta["import"]["counts"]["rows"] == 200
-    assert f"gen.inter:200: skipped malformed line (2 fields, the header has 3)" in caplog.text
+    assert "gen.inter:200: skipped malformed line (2 fields, the header has 3)" in caplog.text
     assert "gen.inter:201: skipped malformed line (ValueError" in caplog.text
     with pytest.raises(DataError, match=r"gen.inter: 3 of 200 lines are malformed"):
         import_dataset(ImportConfig("gen", _generated(tmp_path, bad=3), item))
