@@ -168,6 +168,28 @@ def grpo_without_tools(model, tokenizer, prompts, toolbox, train, settings: dict
                   f"{distinct:.2f} of {sampling.group_size}, dropped groups {batch.dropped}", flush=True)
 
 
+def answer_row(prompts, instances, answer, k: int) -> dict:
+    """A table row for ``answer`` scored without a model: its first ``k`` candidates' metrics and ranks."""
+    ranks = answer_ranks(prompts, instances, answer, k)
+    return {"metrics": metric_cis(ranks), "ranks": ranks}
+
+
+def print_tables(before: dict, after: dict, reference: dict, grpo: bool) -> None:
+    """Every row's quality and agent statistics, then the paired differences the ablation asks about: after the
+    fine-tune, and (``grpo``) GRPO without tools against its start."""
+    print(quality_table({**before, **after, **{f"{label}, first 10 (no model)": row
+                                               for label, row in reference.items()}}) + "\n")
+    print(agent_table({**before, **after}) + "\n")
+    tuned = {"trained, reasoning only": after["trained + tool-free fine-tune, reasoning only"],
+             "frozen, reasoning only": after["frozen + tool-free fine-tune, reasoning only"],
+             "trained, with tools": after["trained + tool-free fine-tune, with tools"], **reference}
+    print("after the fine-tune:\n" + paired_table(tuned))
+    if grpo:
+        print("\nGRPO without tools (the paper's \"trained, reasoning only\" read as trained without tools):\n" +
+              paired_table({"frozen + GRPO without tools, reasoning only": after[f"{GRPO_FREE}, reasoning only"],
+                            "frozen, reasoning only": tuned["frozen, reasoning only"]}))
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default="runs/grpo/final", help="a preset checkpoint (train_grpo.py's final)")
@@ -214,27 +236,6 @@ def main(argv=None) -> None:
     print(f"\n{settings['dataset']}, {args.split}, first {len(instances)} instances, greedy; 95% bootstrap CIs\n")
     print_tables(before, after, reference, grpo=args.grpo_steps > 0)
 
-
-def answer_row(prompts, instances, answer, k: int) -> dict:
-    """A table row for ``answer`` scored without a model: its first ``k`` candidates' metrics and ranks."""
-    ranks = answer_ranks(prompts, instances, answer, k)
-    return {"metrics": metric_cis(ranks), "ranks": ranks}
-
-
-def print_tables(before: dict, after: dict, reference: dict, grpo: bool) -> None:
-    """Every row's quality and agent statistics, then the paired differences the ablation asks about: after the
-    fine-tune, and (``grpo``) GRPO without tools against its start."""
-    print(quality_table({**before, **after, **{f"{label}, first 10 (no model)": row
-                                               for label, row in reference.items()}}) + "\n")
-    print(agent_table({**before, **after}) + "\n")
-    tuned = {"trained, reasoning only": after["trained + tool-free fine-tune, reasoning only"],
-             "frozen, reasoning only": after["frozen + tool-free fine-tune, reasoning only"],
-             "trained, with tools": after["trained + tool-free fine-tune, with tools"], **reference}
-    print("after the fine-tune:\n" + paired_table(tuned))
-    if grpo:
-        print("\nGRPO without tools (the paper's \"trained, reasoning only\" read as trained without tools):\n" +
-              paired_table({"frozen + GRPO without tools, reasoning only": after[f"{GRPO_FREE}, reasoning only"],
-                            "frozen, reasoning only": tuned["frozen, reasoning only"]}))
 
 if __name__ == "__main__":
     main()
